@@ -1,0 +1,83 @@
+"""Where the field is learned: PFGM's perturbation of the data (PFGM.md section 2).
+
+For each data point y: m ~ U[0, M), z0 = |N(0, sigma^2)|, and
+    x = y + (1 + tau)^m * eps,  eps ~ N(0, sigma^2 I_N),   z = (1 + tau)^m * z0.
+The official code draws ||eps|| and a uniform direction separately; a Gaussian vector has exactly
+that law, so one draw suffices. With restrict_M, points whose z0 < 0.005 get m ~ U[0, floor(0.7 M))
+so that points very close to the plane are not thrown far away in x.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from pfgm._checks import check_finite, check_positive, check_tensor
+
+RESTRICT_Z_THRESHOLD = 0.005
+RESTRICT_M_FRACTION = 0.7
+
+
+def _uniform(n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    source = generator.device if generator is not None else like.device
+    return torch.rand(n, generator=generator, device=source, dtype=like.dtype).to(like.device)
+
+
+def _normal(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    source = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=source, dtype=like.dtype).to(like.device)
+
+
+def perturb(data: Tensor, *, M: int, sigma: float = 0.01, tau: float = 0.03, restrict_M: bool = True,
+            generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Perturb data points into the augmented space.
+
+    Args:
+        data: (B, *S) data points (images scaled to [-1, 1]).
+        M: exponent range of the multiplier (1 + tau)^m, M >= 1.
+    Returns:
+        x of shape (B, *S) and z of shape (B,), z >= 0 (the network is called with max(z, 1e-10)).
+    """
+    check_finite("data", check_tensor("data", data, min_dim=2))
+    if data.shape[0] == 0:
+        raise ValueError("data is empty: nothing to perturb")
+    if isinstance(M, bool) or not isinstance(M, int) or M < 1:
+        raise ValueError(f"M must be an integer >= 1, got {M!r}")
+    check_positive("sigma", sigma)
+    check_positive("tau", tau)
+    batch = data.shape[0]
+
+    m = _uniform(batch, data, generator) * M
+    z0 = _normal((batch,), data, generator).abs() * sigma
+    if restrict_M:
+        restricted = _uniform(batch, data, generator) * math.floor(RESTRICT_M_FRACTION * M)
+        m = torch.where(z0 < RESTRICT_Z_THRESHOLD, restricted, m)
+    multiplier = (1.0 + tau) ** m
+
+    eps = _normal(tuple(data.shape), data, generator) * sigma
+    x = data + multiplier.reshape(batch, *([1] * (data.dim() - 1))) * eps
+    return x, multiplier * z0
+
+
+def hyperparameters(data: Tensor, *, sigma: float = 0.01, tau: float = 0.03) -> dict:
+    """M, z_max and upper_norm for a data set, from its own statistics (PFGM.md section 2).
+
+    With N = prod(S) and s = E||y||^2 over the rows of data (B, *S):
+        M = floor(0.75 ln(s / (2 sqrt(N) sigma^2)) / ln(1 + tau)) + 1,
+        z_max = sqrt(2/pi) sigma (1+tau)^M,  upper_norm = sqrt(N) sigma (1+tau)^M.
+    """
+    check_finite("data", check_tensor("data", data, min_dim=2))
+    if data.shape[0] == 0:
+        raise ValueError("data is empty: its statistics are undefined")
+    check_positive("sigma", sigma)
+    check_positive("tau", tau)
+    dims = math.prod(data.shape[1:])
+    mean_sq_norm = float(data.reshape(data.shape[0], -1).double().square().sum(dim=1).mean())
+    ratio = mean_sq_norm / (2.0 * math.sqrt(dims) * sigma ** 2)
+    if ratio <= 1.0:
+        raise ValueError(f"data has mean squared norm {mean_sq_norm:.3g}, too small for sigma={sigma}: "
+                         "M would be < 1 (is the data all zeros, or sigma too large?)")
+    M = math.floor(0.75 * math.log(ratio) / math.log1p(tau)) + 1
+    scale = sigma * (1.0 + tau) ** M
+    return dict(M=M, z_max=math.sqrt(2.0 / math.pi) * scale, upper_norm=math.sqrt(dims) * scale)
