@@ -27,9 +27,14 @@ def check_finite(name: str, value: Tensor) -> Tensor:
     return value
 
 
-def check_points(x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
-    """Validate a batch of augmented points: x of shape (B, *S), z of shape (B,) with z > 0."""
-    check_finite("x", check_tensor("x", x, min_dim=2))
+def check_points(x: Tensor, z: Tensor, *, finite: bool = True) -> tuple[Tensor, Tensor]:
+    """Validate a batch of augmented points: x of shape (B, *S), z of shape (B,) with z > 0.
+
+    With `finite=False` the O(B*N) scan of x is left to the caller (see `explain_non_finite`).
+    """
+    check_tensor("x", x, min_dim=2)
+    if finite:
+        check_finite("x", x)
     check_finite("z", check_tensor("z", z))
     if z.dim() != 1 or z.shape[0] != x.shape[0]:
         raise ValueError(f"z must have shape ({x.shape[0]},) to match x of shape {tuple(x.shape)}, "
@@ -41,7 +46,7 @@ def check_points(x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     return x, z
 
 
-def check_charges(charges: Tensor, data_shape: torch.Size) -> Tensor:
+def check_charges(charges: Tensor, data_shape: torch.Size, *, finite: bool = True) -> Tensor:
     """Validate charges of shape (M, *S) against the data shape S of the points."""
     check_tensor("charges", charges, min_dim=2)
     if charges.shape[0] == 0:
@@ -49,7 +54,19 @@ def check_charges(charges: Tensor, data_shape: torch.Size) -> Tensor:
     if charges.shape[1:] != data_shape:
         raise ValueError(f"charges must have shape (M, {', '.join(map(str, data_shape))}) to match x, "
                          f"got {tuple(charges.shape)}")
-    return check_finite("charges", charges)
+    return check_finite("charges", charges) if finite else charges
+
+
+def explain_non_finite(result_name: str, **inputs: Tensor) -> None:
+    """Raise a ValueError naming the first non-finite input, or saying the computation overflowed.
+
+    Hot paths check their (small) output instead of every (large) input: a nan or inf in any input
+    reaches the output, and only then are the inputs scanned to name the culprit.
+    """
+    for name, value in inputs.items():
+        check_finite(name, value)
+    raise ValueError(f"{result_name} overflowed to non-finite values for finite inputs "
+                     f"({', '.join(inputs)}): are they on a sensible scale?")
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:

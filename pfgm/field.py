@@ -20,12 +20,12 @@ import math
 import torch
 from torch import Tensor
 
-from pfgm._checks import check_charges, check_dims, check_points, check_positive
+from pfgm._checks import check_charges, check_dims, check_points, check_positive, explain_non_finite
 
 # Rows of queries per chunk are chosen so the (rows, M) temporaries stay near this many elements.
 _CHUNK_ELEMENTS = 1 << 24
 # Distances to this many nearest charges per point are recomputed exactly.
-_REFINED_CHARGES = 8
+_REFINED_CHARGES = 4
 
 
 def empirical_field(x: Tensor, z: Tensor, charges: Tensor, *, D: int = 1) -> Tensor:
@@ -40,20 +40,22 @@ def empirical_field(x: Tensor, z: Tensor, charges: Tensor, *, D: int = 1) -> Ten
     Returns:
         (B, N + 1): the data part flattened in C order, then the z component (= -z).
     """
-    check_points(x, z)
-    check_charges(charges, x.shape[1:])
+    check_points(x, z, finite=False)
+    check_charges(charges, x.shape[1:], finite=False)
     check_dims(D)
     batch = x.shape[0]
     points = x.reshape(batch, -1)
     flat_charges = charges.reshape(charges.shape[0], -1).to(points.dtype)
     exponent = 0.5 * (points.shape[1] + D)
-    charge_sq_norms = flat_charges.square().sum(dim=1)
+    charge_sq_norms = torch.einsum("mn,mn->m", flat_charges, flat_charges)
 
     rows = max(1, _CHUNK_ELEMENTS // flat_charges.shape[0])
     field_x = torch.cat([
         _field_x_chunk(points[i:i + rows], z[i:i + rows], flat_charges, charge_sq_norms, exponent)
         for i in range(0, batch, rows)
     ])
+    if not bool(torch.isfinite(field_x).all()):
+        explain_non_finite("the field", x=x, charges=charges)
     return torch.cat([field_x, -z[:, None].to(field_x.dtype)], dim=1)
 
 

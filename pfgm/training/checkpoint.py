@@ -1,0 +1,125 @@
+"""Our checkpoint format: plain tensors and JSON, written atomically, read with weights_only=True.
+
+A checkpoint is one `torch.save` of a dict:
+    format        "pfgm-checkpoint"; version 1
+    network       {"class": a key of NETWORKS, "config": JSON string of the network's kwargs}
+    model, ema    state dicts of the bare network and of its `AveragedModel` EMA ("module."-prefixed
+                  weights and "n_averaged")
+    optimizer     Adam's state dict
+    step          completed optimisation steps
+    rng           {"torch_cpu": torch.get_rng_state(), "generator": the training generator's state,
+                   "generator_device": its device, "cuda": per-device CUDA states or None}
+    train_config  JSON string of the TrainConfig, or None; metadata: JSON string (caller's extras)
+No code is pickled: the network is rebuilt as NETWORKS[class](**config), the only lookup by name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pfgm.networks.ddpmpp import DDPMpp
+from pfgm.networks.mlp import FieldMLP
+from pfgm.training.state import TrainConfig, TrainState, create_state
+
+FORMAT, VERSION = "pfgm-checkpoint", 1
+NETWORKS: dict[str, type[nn.Module]] = {"DDPMpp": DDPMpp, "FieldMLP": FieldMLP}
+_NAME = re.compile(r"checkpoint_(\d+)\.pt")
+
+
+def checkpoint_path(directory: str | Path, step: int) -> Path:
+    """The file for the checkpoint after `step` steps: directory/checkpoint_<step, 8 digits>.pt."""
+    return Path(directory) / f"checkpoint_{step:08d}.pt"
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The checkpoint with the highest step in `directory`, or None (temporary files never match)."""
+    found = [(int(m.group(1)), p) for p in Path(directory).glob("checkpoint_*.pt") if (m := _NAME.fullmatch(p.name))]
+    return max(found)[1] if found else None
+
+
+def network_name(net: nn.Module) -> str:
+    """The key of NETWORKS whose class `net` is exactly (a subclass could not be rebuilt faithfully)."""
+    for name, cls in NETWORKS.items():
+        if type(net) is cls:
+            return name
+    raise ValueError(f"cannot checkpoint a {type(net).__name__}: the network must be one of {sorted(NETWORKS)}")
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return dict(torch_cpu=torch.get_rng_state(), generator=generator.get_state(),
+                generator_device=str(generator.device), cuda=cuda)
+
+
+def save_checkpoint(path: str | Path, state: TrainState, *, config: TrainConfig | None = None,
+                    metadata: dict | None = None) -> Path:
+    """Write `state` to `path` atomically (temporary file in the same folder, then os.replace)."""
+    path = Path(path)
+    payload = dict(
+        format=FORMAT, version=VERSION,
+        network=dict(**{"class": network_name(state.net)}, config=json.dumps(state.net.config)),
+        model=state.net.state_dict(), ema=state.ema.state_dict(), optimizer=state.optimizer.state_dict(),
+        step=state.step, rng=_rng_state(state.generator),
+        train_config=None if config is None else json.dumps(config.to_dict()),
+        metadata=json.dumps(metadata or {}),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint onto the CPU with `torch.load(weights_only=True)` and check its format."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} file (official PFGM checkpoints load through "
+                         "pfgm.networks.ddpmpp.from_official)")
+    if payload.get("version") != VERSION:
+        raise ValueError(f"{path} has checkpoint version {payload.get('version')!r}; this code reads {VERSION}")
+    return payload
+
+
+def build_network(payload: dict, *, ema: bool = False) -> nn.Module:
+    """The network of a loaded checkpoint, with its trained weights (EMA weights if `ema`)."""
+    name = payload["network"]["class"]
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network class {name!r}; known: {sorted(NETWORKS)}")
+    net = NETWORKS[name](**json.loads(payload["network"]["config"]))
+    weights = payload["model"]
+    if ema:
+        weights = {k.removeprefix("module."): v for k, v in payload["ema"].items() if k.startswith("module.")}
+    net.load_state_dict(weights)
+    return net
+
+
+def restore_state(payload: dict, config: TrainConfig, *, device: torch.device | str = "cpu") -> TrainState:
+    """A TrainState that continues the checkpointed run exactly: weights, EMA, Adam, step, RNGs.
+
+    Also restores the global CPU RNG (dropout draws from it) and, if recorded and present, CUDA's.
+    """
+    rng = payload["rng"]
+    generator = torch.Generator(device=rng["generator_device"])
+    generator.set_state(rng["generator"])
+    state = create_state(build_network(payload).to(device), config, generator)
+    state.ema.load_state_dict(payload["ema"])
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.step = int(payload["step"])
+    torch.set_rng_state(rng["torch_cpu"])
+    if rng.get("cuda") is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return state

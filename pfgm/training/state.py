@@ -1,0 +1,70 @@
+"""What a training run is made of: its typed settings and its mutable state."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (the `train` section of params.yaml, key for key).
+
+    steps: total optimisation steps of the run (a resumed run continues up to it).
+    batch_size: rows drawn per step when the data is a tensor (for PFGM: the large batch, the charges).
+    lr, betas, eps: Adam. warmup: steps of linear learning-rate warm-up (0: none).
+    grad_clip: max global gradient norm, None for no clipping. ema_decay: per-step EMA decay.
+    flip: random horizontal flips (image batches (B, C, H, W) only).
+    amp: bf16 autocast of the network (the physics stays float32). compile: torch.compile the network.
+    checkpoint_every: write a checkpoint every this many steps (None: never).
+    """
+    steps: int
+    batch_size: int = 128
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup: int = 5000
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.9999
+    flip: bool = False
+    amp: bool = False
+    compile: bool = False
+    checkpoint_every: int | None = None
+
+    def __post_init__(self):
+        def require(key: str, ok: bool, what: str):
+            if not ok:
+                raise ValueError(f"train.{key} must be {what}, got {getattr(self, key)!r}")
+        require("steps", isinstance(self.steps, int) and self.steps >= 1, "an integer >= 1")
+        require("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an integer >= 1")
+        require("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0")
+        require("betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)")
+        require("eps", self.eps > 0, "> 0")
+        require("warmup", isinstance(self.warmup, int) and self.warmup >= 0, "an integer >= 0")
+        require("grad_clip", self.grad_clip is None or self.grad_clip > 0, "None or > 0")
+        require("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1)")
+        require("checkpoint_every", self.checkpoint_every is None or
+                (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1), "None or an integer >= 1")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "betas": list(self.betas)}
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs: `net` is the bare network (never a DDP or compiled wrapper)."""
+    net: nn.Module
+    ema: AveragedModel
+    optimizer: torch.optim.Adam
+    generator: torch.Generator
+    step: int = 0
+
+
+def create_state(net: nn.Module, config: TrainConfig, generator: torch.Generator) -> TrainState:
+    """Adam and an EMA copy (`AveragedModel` with `get_ema_multi_avg_fn`) for `net`, at step 0."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    return TrainState(net=net, ema=ema, optimizer=optimizer, generator=generator)

@@ -1,0 +1,133 @@
+"""The training loop: warm-up, flips, batches, clipping, EMA, AMP, callbacks, divergence."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pfgm.networks.mlp import FieldMLP
+from pfgm.training import (DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, create_state, random_flip,
+                           tensor_batches, train, train_step)
+from pfgm.training.loop import build_forward, learning_rate
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def toy_data() -> torch.Tensor:
+    """Two tight 2D clusters: a shrunken real data set."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-0.5, 0.5], [0.5, -0.5]])
+    return centres[torch.arange(256) % 2] + 0.05 * torch.randn(256, 2, generator=generator)
+
+
+def _state(config, *, shape=(2,), seed=0):
+    torch.manual_seed(seed)
+    net = FieldMLP(data_shape=shape, hidden=32, depth=2, embed_dim=8)
+    return create_state(net, config, torch.Generator().manual_seed(seed + 1))
+
+
+def test_learning_rate_warms_up_linearly():
+    config = TrainConfig(steps=10, lr=1e-3, warmup=4)
+    assert [learning_rate(s, config) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert learning_rate(0, TrainConfig(steps=1, lr=1e-3, warmup=0)) == 1e-3
+
+
+def test_config_names_the_bad_key():
+    with pytest.raises(ValueError, match="train.steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="train.grad_clip"):
+        TrainConfig(steps=1, grad_clip=-1.0)
+
+
+def test_random_flip_flips_about_half_left_right(generator):
+    images = torch.arange(64 * 6, dtype=torch.float32).reshape(64, 1, 2, 3)
+    flipped = random_flip(images, generator)
+    is_flipped = (flipped == images.flip(-1)).flatten(1).all(dim=1)
+    is_same = (flipped == images).flatten(1).all(dim=1)
+    assert bool((is_flipped ^ is_same).all()) and 16 < int(is_flipped.sum()) < 48
+    with pytest.raises(ValueError, match="image"):
+        random_flip(torch.zeros(4, 2), generator)
+
+
+def test_tensor_batches_draw_distinct_rows_reproducibly():
+    data = torch.arange(20.0)[:, None]
+    first = next(tensor_batches(data, 8, torch.Generator().manual_seed(3)))
+    again = next(tensor_batches(data, 8, torch.Generator().manual_seed(3)))
+    assert torch.equal(first, again) and first.unique().numel() == 8
+    with pytest.raises(ValueError, match="exceeds"):
+        next(tensor_batches(data, 21))
+
+
+def test_train_returns_history_and_calls_back(toy_data):
+    config = TrainConfig(steps=5, batch_size=64, lr=1e-3, warmup=2)
+    records = []
+    history = train(_state(config), PFGMLoss(M=30, small_batch=16), toy_data, config, progress=False,
+                    on_step=records.append)
+    assert [r["step"] for r in history] == [1, 2, 3, 4, 5] and records == history
+    assert set(history[0]) == {"step", "loss", "grad_norm", "lr", "images_per_s"}
+    assert history[0]["lr"] == pytest.approx(5e-4) and history[-1]["lr"] == pytest.approx(1e-3)
+
+
+def test_training_reduces_the_pfgm_loss(toy_data):
+    config = TrainConfig(steps=150, batch_size=128, lr=3e-3, warmup=10, ema_decay=0.9)
+    history = train(_state(config), PFGMLoss(M=60, small_batch=64), toy_data, config, progress=False)
+    first = sum(r["loss"] for r in history[:20]) / 20
+    last = sum(r["loss"] for r in history[-20:]) / 20
+    assert last < 0.5 * first
+
+
+def test_ema_is_the_exponential_average_of_the_weights(toy_data):
+    config = TrainConfig(steps=4, batch_size=32, lr=1e-2, warmup=0, ema_decay=0.6)
+    state = _state(config)
+    snapshots = []
+    train(state, PFGMLoss(M=30, small_batch=8), toy_data, config, progress=False,
+          on_step=lambda r: snapshots.append([p.detach().clone() for p in state.net.parameters()]))
+    expected = snapshots[0]  # the first update copies the weights
+    for weights in snapshots[1:]:
+        expected = [0.6 * e + 0.4 * w for e, w in zip(expected, weights)]
+    for e, p in zip(expected, state.ema.module.parameters()):
+        torch.testing.assert_close(p, e)
+
+
+def test_gradients_are_clipped_and_the_norm_reported_before_clipping(toy_data):
+    config = TrainConfig(steps=1, batch_size=32, lr=1e-3, warmup=0, grad_clip=1e-4)
+    state = _state(config)
+    record = train_step(state, state.net, PFGMLoss(M=30, small_batch=8), toy_data[:32], config)
+    after = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in state.net.parameters()]))
+    assert record["grad_norm"] > 1e-4 and float(after) == pytest.approx(1e-4, rel=1e-3)
+
+
+def test_bf16_autocast_training_runs_on_cpu(toy_data):
+    config = TrainConfig(steps=3, batch_size=32, lr=1e-3, warmup=0, amp=True)
+    state = _state(config)
+    history = train(state, PFGMppLoss(D=4), toy_data, config, progress=False)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in history)
+    assert build_forward(state.net, amp=True)(toy_data[:4], torch.rand(4)).dtype == torch.float32
+
+
+def test_image_flips_and_batch_iterators(generator):
+    images = torch.rand(6, 16, 1, 4, 4, generator=generator) * 2 - 1
+    config = TrainConfig(steps=3, lr=1e-3, warmup=0, flip=True)
+    state = _state(config, shape=(1, 4, 4))
+    history = train(state, PFGMLoss(M=30, small_batch=4), iter(images), config, progress=False)
+    assert len(history) == 3 and history[0]["images_per_s"] > 0
+
+
+def test_non_finite_loss_raises_divergence_error_naming_the_step(toy_data):
+    config = TrainConfig(steps=6, batch_size=16, lr=1e-3, warmup=0)
+    pfgm_loss = PFGMLoss(M=30)
+
+    def loss_fn(net, batch, generator):
+        loss = pfgm_loss(net, batch, generator)
+        return loss * float("nan") if state.step == 3 else loss
+
+    state = _state(config)
+    with pytest.raises(DivergenceError, match="step 4") as error:
+        train(state, loss_fn, toy_data, config, progress=False)
+    assert isinstance(error.value, RuntimeError) and error.value.step == 4 and state.step == 3
