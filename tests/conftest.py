@@ -17,3 +17,18 @@ import torch  # noqa: E402
 def generator() -> torch.Generator:
     """A seeded CPU generator: the only source of randomness in physics tests."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def prefect_test_env(tmp_path_factory):
+    """One temporary Prefect server and database for the whole session (starting one takes ~10 s).
+
+    Flow tests request this fixture. PREFECT_HOME (results, local storage) points into pytest's
+    temporary folder; the harness keeps its database in a temporary folder of its own.
+    """
+    from prefect.settings import PREFECT_HOME, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect_home")
+    with temporary_settings(updates={PREFECT_HOME: str(home)}), prefect_test_harness(server_startup_timeout=120):
+        yield

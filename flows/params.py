@@ -1,0 +1,118 @@
+"""Typed models of params.yaml: one model per section, loaded and validated in one place.
+
+Each section's keys are the keyword arguments of the library functions its stage calls, under
+the same names. Unknown keys and bad values fail at load time with a ValueError naming the key
+path (`data.seed: ...`). To add a stage, write its section model here and add a field to
+`Params` with the section's name.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DatasetName = Literal[
+    "digits",
+    "heart",
+    "pfgm-text",
+    "moons",
+    "8gaussians",
+    "checkerboard",
+    "swissroll",
+    "cifar10",
+    "celeba64",
+    "lsun-bedroom256",
+    "folder",
+]
+TOY_NAMES = ("heart", "pfgm-text", "moons", "8gaussians", "checkerboard", "swissroll")
+
+
+class ParamsError(ValueError):
+    """params.yaml is unreadable, or a key is unknown, missing or has a bad value."""
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, and values are not coerced across types
+    (strict: "3" is not an int, 1.5 is not an int; an int is accepted where a float is due)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True)
+
+
+class DataParams(Section):
+    """The `data` section: what the prepare stage builds and where it writes it."""
+
+    name: DatasetName = "digits"
+    root: str = "data/raw"
+    """Folder holding raw files: <root>/cifar-10-batches-py, <root>/img_align_celeba,
+    <root>/bedroom_train, or the image folder itself for `folder`. Unused by digits and toys."""
+    out: str = "data/prepared/digits"
+    """The prepared folder (a DVC output); it is replaced as a whole."""
+    seed: int = Field(0, ge=0)
+    test_fraction: float = Field(0.167, gt=0.0, lt=1.0)
+    """Share of items in the test split (ignored by cifar10, which has its official split)."""
+    n_points: int = Field(20000, ge=2)
+    """Toys: points sampled in total, before the split."""
+    image_size: int = Field(32, ge=1)
+    """folder: side of the square images after resize and centre crop."""
+    channels: Literal[1, 3] = 3
+    """folder: 1 for greyscale, 3 for RGB."""
+    max_images: int | None = Field(None, ge=2)
+    """folder, celeba64, lsun-bedroom256: keep the first max_images files (sorted), or all."""
+
+    @field_validator("out")
+    @classmethod
+    def _out_is_a_subfolder(cls, out: str) -> str:
+        # The folder is deleted and replaced on every run: never the project root.
+        if os.path.normpath(out) in (".", "..", "/"):
+            raise ValueError("must name a folder of its own")
+        return out
+
+
+class Params(Section):
+    """All of params.yaml. Later stages add their sections here (train, sample, evaluate, sweep)."""
+
+    data: DataParams = DataParams()
+
+
+def _format_errors(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(part) for part in (prefix, *e["loc"]) if part != "")
+        lines.append(f"{path or '<root>'}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid params: " + "; ".join(lines)
+
+
+def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ParamsError(f"{path}: not valid YAML ({err})") from err
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate the whole params file; ParamsError (a ValueError) names the bad key path."""
+    raw = _read_yaml(path)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(f"{path}: {_format_errors(err, '')}") from None
+
+
+def load_section(path: str | os.PathLike, name: str) -> Section:
+    """Read and validate one section only, as its stage does; other sections are not checked."""
+    if name not in Params.model_fields:
+        raise ParamsError(f"unknown section {name!r}; known: {sorted(Params.model_fields)}")
+    model = Params.model_fields[name].annotation
+    raw = _read_yaml(path).get(name, {})
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(f"{path}: {_format_errors(err, name)}") from None
