@@ -70,10 +70,84 @@ class DataParams(Section):
         return out
 
 
+NetworkName = Literal["FieldMLP", "DDPMpp"]
+
+
+class TrainParams(Section):
+    """The `train` section: network, objective and optimisation (pfgm.training, key for key)."""
+
+    out: str = "models/digits"
+    """Folder of the run's checkpoints (kept between runs so an interrupted run resumes)."""
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    """auto (cuda when available, else cpu), cpu, cuda, cuda:1, ..."""
+    network: NetworkName = "FieldMLP"
+    network_kwargs: dict[str, Any] = {}
+    """Keyword arguments of the network class; the data shape is filled in from the data."""
+    objective: Literal["pfgm", "pfgmpp"] = "pfgm"
+    D: int = Field(1, ge=1)
+    """pfgmpp only: augmented dimensions."""
+    M: int | None = Field(None, ge=1)
+    """pfgm: perturbation range; null derives it from the data (pfgm.perturb.hyperparameters)."""
+    sigma: float = Field(0.01, gt=0)
+    tau: float = Field(0.03, gt=0)
+    gamma: float = Field(5.0, ge=0)
+    restrict_M: bool = True
+    small_batch: int | None = Field(128, ge=1)
+    """pfgm: rows trained per step; the whole batch (batch_size) are the charges."""
+    reduce: Literal["sum", "mean"] = "sum"
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
+    eps: float = Field(1e-8, gt=0)
+    warmup: int = Field(100, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    flip: bool = False
+    amp: bool = False
+    compile: bool = False
+    checkpoint_every: int = Field(500, ge=1)
+    sample_every: int = Field(1000, ge=1)
+    """Log a grid of EMA samples every this many steps (at checkpoint steps)."""
+
+
+class EvaluateParams(Section):
+    """The `evaluate` section: one sampler setting, FID, bits/dim, and the model registry."""
+
+    out: str = "metrics/evaluate.json"
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    method: str = "dopri5"
+    """Any torchdiffeq method (pfgm.ode.METHODS); fixed-step methods need `steps`."""
+    rtol: float = Field(1e-4, gt=0)
+    atol: float = Field(1e-4, gt=0)
+    steps: int | None = Field(None, ge=1)
+    z_min: float = Field(1e-3, gt=0)
+    z_exp: float | None = Field(None, gt=0)
+    clip_prior: bool = True
+    """Clip prior norms to [1, upper_norm] as the official sampler does."""
+    num_samples: int = Field(1000, ge=2)
+    batch_size: int = Field(500, ge=1)
+    features: Literal["auto", "digits", "inception"] = "auto"
+    """FID features: auto takes the digits CNN for digits and Inception for other image data."""
+    inception_path: str = "/tmp/inception-2015-12-05.pt"
+    bpd_images: int = Field(300, ge=0)
+    """Test images for bits/dim (0: skip)."""
+    hutchinson: int | None = Field(1, ge=1)
+    """Rademacher probes per image for the likelihood trace; null: exact trace."""
+    register_model: bool = True
+    model_name: str = "pfgm-digits"
+    champion_metric: str = "fid"
+    """Lower is better; the registered version with the lowest value holds the alias `champion`."""
+
+
 class Params(Section):
-    """All of params.yaml. Later stages add their sections here (train, sample, evaluate, sweep)."""
+    """All of params.yaml. Later stages add their sections here (sweep, report)."""
 
     data: DataParams = DataParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def _format_errors(err: ValidationError, prefix: str) -> str:
