@@ -21,8 +21,14 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# DVC runs each stage's `python -m flows.<stage>` with the virtualenv first on PATH.
+main: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
 test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python benchmarks/field.py
+	$(BIN)/python benchmarks/train.py

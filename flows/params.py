@@ -96,7 +96,7 @@ class TrainParams(Section):
     small_batch: int | None = Field(128, ge=1)
     """pfgm: rows trained per step; the whole batch (batch_size) are the charges."""
     reduce: Literal["sum", "mean"] = "sum"
-    steps: int = Field(3000, ge=1)
+    steps: int = Field(4000, ge=1)
     batch_size: int = Field(512, ge=1)
     lr: float = Field(1e-3, gt=0)
     betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)

@@ -1,0 +1,360 @@
+"""Stage `evaluate`: sample the trained model, score it, log it to MLflow and register it.
+
+    python -m flows.evaluate --params params.yaml
+
+Reads `data` (data.out: the prepared folder), `train` (train.out: the folder holding model.pt) and
+`evaluate` (everything else). For the EMA weights of <train.out>/model.pt and the one sampler setting
+of `evaluate`, the flow
+  1. draws num_samples samples in batches (seeded), measuring the NFE of each solve and the seconds per
+     sample (PFGM: pfgm.prior + pfgm.ode.sample; PFGM++: its prior and EDM's Heun sampler);
+  2. scores them with clean-fid against the TEST split: digits with the CNN saved beside the data,
+     other images with clean-fid's Inception read from evaluate.inception_path (never downloaded), plus
+     the Inception Score; 2D points get no FID (no meaningful feature space; their likelihood is logged);
+  3. logs beside the FID two references: `fid_floor`, the data's own (num_samples train images against
+     the test split), and `fid_untrained`, an untrained network of the same architecture (seeded fresh
+     weights, same prior; PFGM: Euler 20 steps in ln z, PFGM++: Heun 10 steps) whose non-finite
+     outputs are mapped into the pixel range. A trained model should sit between the two;
+  4. bits/dim of bpd_images dequantised test images with pfgm.ode.log_likelihood (PFGM images; nll in
+     nats per point for 2D points; PFGM++ has no likelihood here);
+  5. logs params, metrics and sample grids in an MLflow run of its own (tagged with the train run),
+     fails the run on any non-finite metric, and only then writes evaluate.out (flat JSON for
+     `dvc metrics show`) and registers the model (flows.registry), moving the `champion` alias if better.
+Invalid settings fail before any MLflow run, with a message naming the key.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.params import EvaluateParams, ParamsError, load_section
+from flows.pyfunc_model import Generated, Sampler, TrainedModel, generate, load_trained, method_name, untrained_like
+from flows.registry import log_pyfunc, register
+from flows.tracking import configure, resolve_device
+from pfgm import data as pdata
+from pfgm import metrics as pmetrics
+from pfgm.ode import ADAPTIVE_METHODS, METHODS, bits_per_dim, dequantize, log_likelihood
+
+MODEL_FILE = "model.pt"
+#: The untrained reference always takes a fixed number of steps, so it terminates whatever its field.
+UNTRAINED_EULER_STEPS = 20  # PFGM: Euler in ln z
+UNTRAINED_HEUN_STEPS = 10  # PFGM++: Heun, 19 evaluations
+GRID_SAMPLES = 64
+
+
+class NonFiniteMetricError(RuntimeError):
+    """A metric came out NaN or infinite (a diverged model or sampler); the run is marked FAILED."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the checks before the run decided: the data's kind and the FID features to use."""
+    kind: str
+    name: str
+    features: str | None
+    metric_keys: tuple[str, ...]
+
+
+def resolve_features(params: EvaluateParams, manifest: dict[str, Any]) -> str | None:
+    """digits | inception | None (points: no FID); ParamsError naming evaluate.features otherwise."""
+    kind, name = manifest["kind"], manifest["name"]
+    if kind == "points":
+        if params.features != "auto":
+            raise ParamsError(f"evaluate.features: {params.features!r} needs image data; {name} is 2D points "
+                              "(points get no FID; use auto)")
+        return None
+    features = params.features
+    if features == "auto":
+        features = "digits" if name == "digits" else "inception"
+    if features == "digits" and "features" not in manifest:
+        raise ParamsError(f"evaluate.features: digits features need the classifier saved by the prepare stage; "
+                          f"the prepared {name} data has none")
+    return features
+
+
+def expected_metrics(params: EvaluateParams, kind: str, features: str | None, objective: str) -> tuple[str, ...]:
+    """The numeric keys this evaluation will produce (for checking evaluate.champion_metric)."""
+    keys = ["num_samples", "nfe", "nfe_max", "nfe_untrained", "seconds_per_sample"]
+    if features is not None:
+        keys += ["fid", "fid_untrained", "fid_floor"]
+    if features == "inception":
+        keys += ["inception_score", "inception_score_std"]
+    if params.bpd_images > 0 and objective == "pfgm":
+        keys += ["bpd"] if kind == "image" else ["nll"]
+    return tuple(keys)
+
+
+def check_inputs(params: EvaluateParams, data_dir: str, model_path: str) -> tuple[Plan, TrainedModel]:
+    """Every check that can fail before the MLflow run: params, files, the checkpoint, Inception."""
+    if params.method not in METHODS:
+        raise ParamsError(f"evaluate.method: must be one of {', '.join(METHODS)}; got {params.method!r}")
+    if params.method not in ADAPTIVE_METHODS and params.steps is None:
+        raise ParamsError(f"evaluate.steps: method {params.method!r} is fixed-step and needs steps")
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"train.out: no trained model at {model_path} (run the train stage first)")
+    manifest = pdata.read_manifest(data_dir)
+    features = resolve_features(params, manifest)
+    if features == "inception":
+        pmetrics.check_inception(params.inception_path)
+    model = load_trained(model_path, device=resolve_device(params.device))
+    z_max = model.hyperparameters.get("z_max")
+    if model.objective == "pfgm" and params.z_min >= float(z_max):
+        raise ParamsError(f"evaluate.z_min: must be below the model's z_max {z_max}, got {params.z_min}")
+    if model.shape != tuple(manifest["shape"]):
+        raise ValueError(f"the model samples shape {model.shape} but {data_dir} holds {tuple(manifest['shape'])}")
+    keys = expected_metrics(params, manifest["kind"], features, model.objective)
+    if params.register_model and params.champion_metric not in keys:
+        raise ParamsError(f"evaluate.champion_metric: {params.champion_metric!r} is not computed for this "
+                          f"evaluation; choose one of {list(keys)}")
+    return Plan(kind=manifest["kind"], name=manifest["name"], features=features, metric_keys=keys), model
+
+
+def sampler_of(params: EvaluateParams) -> Sampler:
+    """The evaluate section's sampler setting."""
+    return Sampler(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
+                   z_min=params.z_min, z_exp=params.z_exp, clip_prior=params.clip_prior)
+
+
+def untrained_sampler(params: EvaluateParams, objective: str) -> Sampler:
+    """The fixed-step setting of the untrained reference (same prior and heights as the trained one)."""
+    steps = UNTRAINED_HEUN_STEPS if objective == "pfgmpp" else UNTRAINED_EULER_STEPS
+    return Sampler(method="euler", steps=steps, z_min=params.z_min, clip_prior=params.clip_prior)
+
+
+# Tensors and networks travel between tasks in memory: NO_CACHE spares Prefect hashing them.
+@task(cache_policy=NO_CACHE)
+def draw_samples(model: TrainedModel, params: EvaluateParams, sampler: Sampler) -> Generated:
+    """num_samples samples (num_samples, *S), the prior seeded by evaluate.seed."""
+    generator = torch.Generator().manual_seed(params.seed)
+    return generate(model, params.num_samples, sampler, batch_size=params.batch_size, generator=generator)
+
+
+def to_images(x: torch.Tensor) -> torch.Tensor:
+    """Samples in [-1, 1] -> uint8 images; non-finite values are mapped into the range first."""
+    return pdata.unit_to_images(torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0))
+
+
+def _feature_model(features: str, data_dir: str, params: EvaluateParams, device: torch.device):
+    if features == "digits":
+        classifier = pdata.load_digits_classifier(data_dir)
+        return pdata.cleanfid_extractor(pdata.digits_feature_extractor(classifier)), None, None
+    inception = pmetrics.InceptionFeatures(params.inception_path, device=device)
+    return inception, pmetrics.clean_resizer(), inception
+
+
+@task(cache_policy=NO_CACHE)
+def fid_metrics(samples: torch.Tensor, untrained: torch.Tensor, *, features: str, data_dir: str,
+                params: EvaluateParams) -> dict[str, float]:
+    """fid, fid_untrained, fid_floor (and inception_score) against the test split's features.
+
+    Samples with any non-finite value have no FID (NaN): the evaluation then fails as diverged.
+    """
+    device = resolve_device(params.device)
+    model, resize, inception = _feature_model(features, data_dir, params, device)
+
+    def extract(images: torch.Tensor) -> np.ndarray:
+        return pmetrics.image_features(images, model, resize=resize, batch_size=params.batch_size, device=device)
+
+    test = pdata.unit_to_images(pdata.load_split(data_dir, "test"))
+    train = pdata.unit_to_images(pdata.load_split(data_dir, "train"))
+    rows = np.random.default_rng(params.seed).choice(len(train), size=min(params.num_samples, len(train)),
+                                                     replace=False)
+    reference = pmetrics.feature_statistics(extract(test))
+    floor = pmetrics.frechet_distance(pmetrics.feature_statistics(extract(train[np.sort(rows)])), reference)
+    finite = bool(torch.isfinite(samples).all())
+    fid = pmetrics.frechet_distance(pmetrics.feature_statistics(extract(to_images(samples))), reference) \
+        if finite else math.nan
+    fid_untrained = pmetrics.frechet_distance(pmetrics.feature_statistics(extract(to_images(untrained))), reference)
+    out = dict(fid=fid, fid_untrained=fid_untrained, fid_floor=floor)
+    if inception is not None:
+        splits = min(10, params.num_samples)
+        score, spread = pmetrics.inception_score(
+            pmetrics.inception_logits(to_images(samples), inception, batch_size=params.batch_size, device=device),
+            splits=splits) if finite else (math.nan, math.nan)
+        out.update(inception_score=score, inception_score_std=spread)
+    return out
+
+
+@task(cache_policy=NO_CACHE)
+def likelihood_metrics(model: TrainedModel, *, kind: str, data_dir: str, params: EvaluateParams,
+                       sampler: Sampler) -> dict[str, float]:
+    """bpd of bpd_images dequantised test images, or nll (nats) of as many test points."""
+    generator = torch.Generator().manual_seed(params.seed)
+    device = next(model.net.parameters()).device
+    test = pdata.load_split(data_dir, "test")[: params.bpd_images]
+    if kind == "image":
+        test = dequantize(pdata.unit_to_images(test), generator=generator)
+    hp = model.hyperparameters
+    log_p = []
+    for batch in torch.split(test, params.batch_size):
+        try:
+            log_p.append(log_likelihood(model.net, batch.to(device), z_min=sampler.z_min, z_max=float(hp["z_max"]),
+                                        method=sampler.method, rtol=sampler.rtol, atol=sampler.atol,
+                                        steps=sampler.steps, gamma=float(hp.get("gamma", 5.0)),
+                                        z_exp=sampler.z_exp, hutchinson=params.hutchinson,
+                                        generator=generator).cpu())
+        except ValueError as err:
+            if "non-finite" not in str(err):
+                raise
+            # The flow diverged on the way to the prior: the likelihood is undefined, reported as NaN
+            # so that the evaluation fails as a whole (require_finite) with every metric logged.
+            log_p.append(torch.full((len(batch),), math.nan))
+    log_p = torch.cat(log_p).double()
+    if kind == "image":
+        return dict(bpd=float(bits_per_dim(log_p, math.prod(test.shape[1:])).mean()))
+    return dict(nll=float(-log_p.mean()))
+
+
+def sample_figure(x: torch.Tensor, kind: str):
+    """A figure of the first samples: an image grid, or a scatter plot of 2D points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    if kind == "points":
+        fig, ax = plt.subplots(figsize=(4, 4))
+        points = x[torch.isfinite(x).all(dim=1)].numpy()
+        ax.scatter(points[:, 0], points[:, 1], s=2)
+        ax.set_aspect("equal")
+        return fig
+    grid = make_grid(to_images(x[:GRID_SAMPLES]), nrow=8, padding=1).permute(1, 2, 0).numpy()
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
+    ax.axis("off")
+    return fig
+
+
+def _log_figure(x: torch.Tensor, kind: str, name: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = sample_figure(x, kind)
+    try:
+        mlflow.log_figure(fig, name)
+    finally:
+        plt.close(fig)
+
+
+def require_finite(metrics: dict[str, Any]) -> None:
+    """NonFiniteMetricError naming every numeric metric that is NaN or infinite."""
+    bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
+    if bad:
+        raise NonFiniteMetricError(f"non-finite metrics {bad}: the model or the sampler diverged; not registered")
+
+
+def write_json(path: str | os.PathLike, content: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary file beside it, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as f:
+        json.dump(content, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(temporary, path)
+
+
+def _run_tags(model: TrainedModel, plan: Plan) -> dict[str, str]:
+    tags = {"stage": "evaluate", "objective": model.objective, "data": plan.name}
+    train_run = model.metadata.get("mlflow_run_id")
+    if train_run:
+        tags["train_run_id"] = str(train_run)
+        try:
+            mlflow.get_run(train_run)
+            tags["mlflow.parentRunId"] = str(train_run)
+        except MlflowException:
+            pass  # trained against another tracking store: keep the id as a plain tag
+    return tags
+
+
+def _run_params(params: EvaluateParams, model: TrainedModel, plan: Plan, data_dir: str, model_path: str) -> dict:
+    data = model.metadata.get("data") or {}
+    untrained = untrained_sampler(params, model.objective)
+    return dict(method=method_name(model, sampler_of(params)), rtol=params.rtol, atol=params.atol,
+                steps=params.steps, z_min=params.z_min, z_exp=params.z_exp, clip_prior=params.clip_prior,
+                num_samples=params.num_samples, batch_size=params.batch_size, seed=params.seed,
+                features=plan.features, hutchinson=params.hutchinson, bpd_images=params.bpd_images,
+                objective=model.objective, model_path=model_path, data_dir=data_dir,
+                data_sha256=data.get("sha256"), **{f"hp.{k}": v for k, v in model.hyperparameters.items()},
+                untrained_method=method_name(model, untrained), untrained_steps=untrained.steps)
+
+
+@flow(name="evaluate-model")
+def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str, Any]:
+    """Sample, score, log and register <model_path> against the prepared data at <data_dir>.
+
+    Returns the flat metrics written to params.out, plus `run_id` and (when registered)
+    `model_version` and `champion` (1 if this version holds the alias).
+    """
+    logger = get_run_logger()
+    plan, model = check_inputs(params, data_dir, model_path)
+    if plan.features is None:
+        logger.info("%s is 2D points: no FID (no meaningful feature space); the likelihood is logged", plan.name)
+    trained_on = (model.metadata.get("data") or {}).get("sha256")
+    data_sha256 = pdata.read_manifest(data_dir)["files"]["train.npy"]
+    if trained_on != data_sha256:
+        logger.warning("the model was trained on data with sha256 %s, but %s holds %s: scores compare "
+                       "against other data than the training data", trained_on, data_dir, data_sha256)
+    sampler = sampler_of(params)
+    with mlflow.start_run(run_name="evaluate", tags=_run_tags(model, plan)) as run:
+        mlflow.log_params(_run_params(params, model, plan, data_dir, model_path))
+        mlflow.set_tag("data_matches_model", str(trained_on == data_sha256).lower())
+        generated = draw_samples(model, params, sampler)
+        reference = draw_samples(untrained_like(model, seed=params.seed, device=next(model.net.parameters()).device),
+                                 params, untrained_sampler(params, model.objective))
+        metrics: dict[str, Any] = dict(num_samples=params.num_samples, nfe=float(np.mean(generated.nfe)),
+                                       nfe_max=max(generated.nfe), nfe_untrained=float(np.mean(reference.nfe)),
+                                       seconds_per_sample=generated.seconds / params.num_samples)
+        if plan.features is not None:
+            metrics |= fid_metrics(generated.x, reference.x, features=plan.features, data_dir=data_dir, params=params)
+        if "bpd" in plan.metric_keys or "nll" in plan.metric_keys:
+            metrics |= likelihood_metrics(model, kind=plan.kind, data_dir=data_dir, params=params, sampler=sampler)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        mlflow.log_metrics(metrics)
+        mlflow.log_metric("nonfinite_samples", float((~torch.isfinite(generated.x)).flatten(1).any(1).sum()))
+        _log_figure(generated.x, plan.kind, "samples.png")
+        _log_figure(reference.x, plan.kind, "samples_untrained.png")
+        logger.info("metrics %s", json.dumps(metrics, sort_keys=True))
+        require_finite(metrics)
+        model_info = log_pyfunc(model_path) if params.register_model else None
+    result: dict[str, Any] = {**metrics, "num_samples": params.num_samples, "method": method_name(model, sampler),
+                              "features": plan.features,
+                              "run_id": run.info.run_id}
+    if model_info is not None:
+        version, promoted = register(model_info.model_uri, params.model_name, run_id=run.info.run_id,
+                                     metrics=metrics, champion_metric=params.champion_metric)
+        result.update(model_version=int(version.version), champion=int(promoted))
+        logger.info("registered %s version %s%s", params.model_name, version.version,
+                    " (champion)" if promoted else "")
+    write_json(params.out, result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command line: read the data, train and evaluate sections, run the flow, print the metrics."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    args = parser.parse_args(argv)
+    data = load_section(args.params, "data")
+    train = load_section(args.params, "train")
+    params = load_section(args.params, "evaluate")
+    configure()
+    result = evaluate(params, data_dir=data.out, model_path=str(Path(train.out) / MODEL_FILE))
+    print(json.dumps(result, sort_keys=True))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""dvc.yaml, params.yaml and the typed params agree, key by key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.params import Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGE_SECTIONS = {"prepare": "data", "train": "train", "evaluate": "evaluate"}
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def test_params_yaml_is_valid_and_complete():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    load_params(ROOT / "params.yaml")
+    for section, model in Params.model_fields.items():
+        assert set(raw[section]) == set(model.annotation.model_fields), f"params.yaml section {section}"
+
+
+@pytest.mark.parametrize("stage,section", sorted(STAGE_SECTIONS.items()))
+def test_each_stage_lists_every_key_of_its_section(stages, stage, section):
+    listed = {key.split(".", 1)[1] for key in stages[stage]["params"] if key.startswith(section + ".")}
+    assert listed == set(Params.model_fields[section].annotation.model_fields)
+
+
+@pytest.mark.parametrize("stage", sorted(STAGE_SECTIONS))
+def test_each_stage_runs_its_flow_and_depends_on_it(stages, stage):
+    assert stages[stage]["cmd"] == f"python -m flows.{stage} --params params.yaml"
+    assert f"flows/{stage}.py" in stages[stage]["deps"]
+    for dep in stages[stage]["deps"]:
+        if "${" not in dep:
+            assert (ROOT / dep).exists(), f"stage {stage} depends on missing {dep}"
