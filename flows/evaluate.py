@@ -45,9 +45,9 @@ from flows.registry import log_pyfunc, register
 from flows.tracking import configure, resolve_device
 from pfgm import data as pdata
 from pfgm import metrics as pmetrics
+from flows.train import MODEL as MODEL_FILE
 from pfgm.ode import ADAPTIVE_METHODS, METHODS, bits_per_dim, dequantize, log_likelihood
 
-MODEL_FILE = "model.pt"
 #: The untrained reference always takes a fixed number of steps, so it terminates whatever its field.
 UNTRAINED_EULER_STEPS = 20  # PFGM: Euler in ln z
 UNTRAINED_HEUN_STEPS = 10  # PFGM++: Heun, 19 evaluations

@@ -32,7 +32,7 @@ def test_each_stage_lists_every_key_of_its_section(stages, stage, section):
 
 @pytest.mark.parametrize("stage", sorted(STAGE_SECTIONS))
 def test_each_stage_runs_its_flow_and_depends_on_it(stages, stage):
-    assert stages[stage]["cmd"] == f"python -m flows.{stage} --params params.yaml"
+    assert stages[stage]["cmd"].startswith(f"python -m flows.{stage} --params params.yaml")
     assert f"flows/{stage}.py" in stages[stage]["deps"]
     for dep in stages[stage]["deps"]:
         if "${" not in dep:
