@@ -32,3 +32,24 @@ def prefect_test_env(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect_home")
     with temporary_settings(updates={PREFECT_HOME: str(home)}), prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for tests of many tiny ops, where a second thread only adds overhead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite tracking store per test module (creating one costs seconds of migrations)."""
+    from flows.tracking import configure
+
+    root = tmp_path_factory.mktemp("tracking")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        configure(root=root)
+        yield root

@@ -14,12 +14,7 @@ from pfgm.training import (DivergenceError, PFGMLoss, TrainConfig, build_network
 from pfgm.training import checkpoint as checkpoint_module
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -67,16 +67,6 @@ def digits(tmp_path_factory) -> Path:
     return digits_dir(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One SQLite tracking store for the module (creating one costs seconds of migrations)."""
-    root = tmp_path_factory.mktemp("tracking")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        configure(root=root)
-        yield root
-
-
 @pytest.fixture
 def tracking(store, tmp_path, monkeypatch):
     """The module's store, selected afresh; the working folder is tmp_path (main() writes beside it)."""

@@ -14,12 +14,7 @@ from pfgm.perturb import perturb
 from pfgm.training.losses import PFGMLoss, PFGMppLoss, shard_rows
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _batch(rows=16, shape=(1, 2, 2), seed=0):

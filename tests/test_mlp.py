@@ -9,13 +9,7 @@ import torch
 from pfgm.networks.mlp import FieldMLP
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny ops on a shared 2-core machine: one thread avoids OpenMP oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("shape", [(2,), (1, 8, 8), (3, 2, 5)])

@@ -11,12 +11,7 @@ from pfgm import pfgmpp
 from pfgm.field import empirical_field
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _radial_cdf(r: float, N: int, D: int):

@@ -25,16 +25,6 @@ from test_evaluate_flow import SHAPE, make_checkpoint
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """One SQLite tracking store for the module (creating one costs seconds of migrations)."""
-    root = tmp_path_factory.mktemp("registry")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        configure(root=root)
-        yield root
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 

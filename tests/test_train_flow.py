@@ -19,12 +19,7 @@ from pfgm.training import loop as loop_module
 METRICS = ("loss", "grad_norm", "images_per_s", "lr")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

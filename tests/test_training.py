@@ -10,12 +10,7 @@ from pfgm.training import (DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, c
 from pfgm.training.loop import build_forward, learning_rate
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
