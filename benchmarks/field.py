@@ -2,7 +2,7 @@
 
 Both run in this process on the same inputs (128 trained points, M charges, N = 3072) and the ratio
 of their median times is printed, so machine noise cancels. Peak memory is measured in a fresh child
-process per variant (ru_maxrss above the post-import baseline). Where the official (B, M, N+1)
+process per variant (peak RSS above the inputs). Where the official (B, M, N+1)
 tensors would not fit comfortably, it is timed over row chunks (same arithmetic, less memory) and
 its full-size peak is reported from the tensor sizes.
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -74,12 +73,22 @@ def median_time(fn, args, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _status_mib(field: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+
+
 def child_peak(variant: str, charges: int) -> None:
-    """Runs one variant once and prints the peak resident memory it added, in MiB."""
+    """Runs one variant once and prints its peak resident memory above the inputs, in MiB.
+
+    VmHWM (peak RSS) starts afresh at exec, unlike ru_maxrss, which keeps the parent's peak.
+    """
     args = make_inputs(charges)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _status_mib("VmRSS")
     VARIANTS[variant](*args)
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) / 1024)
+    print(max(_status_mib("VmHWM") - before, 0.0))
 
 
 def measure_peak(variant: str, charges: int) -> float:
