@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pfgm.data.store import random_hflip
 from pfgm.networks.mlp import FieldMLP
-from pfgm.training import (DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, create_state, random_flip,
+from pfgm.training import (DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, create_state,
                            tensor_batches, train, train_step)
 from pfgm.training.loop import build_forward, learning_rate
 
@@ -42,12 +43,12 @@ def test_config_names_the_bad_key():
 
 def test_random_flip_flips_about_half_left_right(generator):
     images = torch.arange(64 * 6, dtype=torch.float32).reshape(64, 1, 2, 3)
-    flipped = random_flip(images, generator)
+    flipped = random_hflip(images, generator)
     is_flipped = (flipped == images.flip(-1)).flatten(1).all(dim=1)
     is_same = (flipped == images).flatten(1).all(dim=1)
     assert bool((is_flipped ^ is_same).all()) and 16 < int(is_flipped.sum()) < 48
     with pytest.raises(ValueError, match="image"):
-        random_flip(torch.zeros(4, 2), generator)
+        random_hflip(torch.zeros(4, 2), generator)
 
 
 def test_tensor_batches_draw_distinct_rows_reproducibly():

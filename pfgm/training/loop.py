@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pfgm.data.store import random_hflip
 from pfgm.training.checkpoint import checkpoint_path, save_checkpoint
 from pfgm.training.state import TrainConfig, TrainState
 
@@ -34,15 +35,6 @@ class DivergenceError(RuntimeError):
 def learning_rate(step: int, config: TrainConfig) -> float:
     """Learning rate of the step after `step` completed ones: linear warm-up to lr over `warmup` steps."""
     return config.lr * min((step + 1) / config.warmup, 1.0) if config.warmup else config.lr
-
-
-def random_flip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Flip each image (B, C, H, W) left-right with probability 1/2."""
-    if images.dim() != 4:
-        raise ValueError(f"random flips need image batches (B, C, H, W), got shape {tuple(images.shape)}")
-    source = generator.device if generator is not None else images.device
-    flip = (torch.rand(images.shape[0], generator=generator, device=source) < 0.5).to(images.device)
-    return torch.where(flip[:, None, None, None], images.flip(-1), images)
 
 
 def tensor_batches(data: Tensor, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Tensor]:
@@ -102,7 +94,7 @@ def train_step(state: TrainState, forward, loss_fn: Loss, batch: Tensor, config:
 
 def _prepare(batch: Tensor, config: TrainConfig, state: TrainState, device: torch.device) -> Tensor:
     batch = batch.to(device, non_blocking=True)
-    return random_flip(batch, state.generator) if config.flip else batch
+    return random_hflip(batch, state.generator) if config.flip else batch
 
 
 def _batches(data: Tensor | Iterable[Tensor], config: TrainConfig, generator: torch.Generator) -> Iterator[Tensor]:
