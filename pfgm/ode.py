@@ -66,6 +66,10 @@ class _FieldLineDrift:
         v_x, v_z = output[:, :-1], output[:, -1]
         if self.z_exp is not None and float(z) < self.z_exp:
             v_z = self._exact_v_z(v_x, z)
+        else:
+            # E_z = -z < 0 everywhere above the plane, so v_z >= 0 is a network error; it would make
+            # the drift infinite or reverse the flow. There the exact relation stands in for v_z.
+            v_z = torch.where(v_z < 0, v_z, self._exact_v_z(v_x, z))
         drift = z * v_x / v_z[:, None]
         if self.callback is not None:
             self.callback(dict(x=x, z=float(z), nfe=self.nfe, drift=drift.reshape(self.shape)))

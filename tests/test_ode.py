@@ -161,3 +161,19 @@ def test_explicit_adams_is_accurate_on_a_linear_ode():
     x = torch.ones(1, 1, dtype=torch.float64)
     result = sample(decay, x, z_max=1.0, z_min=1e-3, method="explicit_adams", steps=400)
     assert result.x.item() == pytest.approx(math.exp(1.0 - 1e-3), rel=1e-5)
+
+
+def test_non_physical_positive_v_z_is_replaced(generator):
+    # A network whose v_z has the wrong sign in a band of heights: without the guard the flow
+    # would reverse there; with it, the exact relation E_z = -z restores the true field line.
+    charges = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    model = exact_model(charges)
+    start = sample_prior(6, (4,), z_max=20.0, generator=generator).double()
+
+    def wrong_sign(x, z):
+        out = model(x, z).clone()
+        out[:, -1] *= torch.where((z > 2.0) & (z < 4.0), -1.0, 1.0)
+        return out
+    truth = sample(model, start, z_max=20.0, z_min=1e-2, rtol=1e-8, atol=1e-8).x
+    guarded = sample(wrong_sign, start, z_max=20.0, z_min=1e-2, rtol=1e-8, atol=1e-8).x
+    torch.testing.assert_close(guarded, truth, rtol=1e-4, atol=1e-4)
