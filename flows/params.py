@@ -98,7 +98,7 @@ class TrainParams(Section):
     reduce: Literal["sum", "mean"] = "sum"
     steps: int = Field(4000, ge=1)
     batch_size: int = Field(512, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(5e-4, gt=0)
     betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
     eps: float = Field(1e-8, gt=0)
     warmup: int = Field(100, ge=0)
