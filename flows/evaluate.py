@@ -102,6 +102,10 @@ def check_inputs(params: EvaluateParams, data_dir: str, model_path: str) -> tupl
         raise ParamsError(f"evaluate.method: must be one of {', '.join(METHODS)}; got {params.method!r}")
     if params.method not in ADAPTIVE_METHODS and params.steps is None:
         raise ParamsError(f"evaluate.steps: method {params.method!r} is fixed-step and needs steps")
+    if params.bpd_method not in METHODS:
+        raise ParamsError(f"evaluate.bpd_method: must be one of {', '.join(METHODS)}; got {params.bpd_method!r}")
+    if params.bpd_method not in ADAPTIVE_METHODS and params.bpd_steps is None:
+        raise ParamsError(f"evaluate.bpd_steps: bpd_method {params.bpd_method!r} is fixed-step and needs steps")
     if not Path(model_path).is_file():
         raise FileNotFoundError(f"train.out: no trained model at {model_path} (run the train stage first)")
     manifest = pdata.read_manifest(data_dir)
@@ -201,8 +205,8 @@ def likelihood_metrics(model: TrainedModel, *, kind: str, data_dir: str, params:
     for batch in torch.split(test, params.batch_size):
         try:
             log_p.append(log_likelihood(model.net, batch.to(device), z_min=sampler.z_min, z_max=float(hp["z_max"]),
-                                        method=sampler.method, rtol=sampler.rtol, atol=sampler.atol,
-                                        steps=sampler.steps, gamma=float(hp.get("gamma", 5.0)),
+                                        method=params.bpd_method, rtol=sampler.rtol, atol=sampler.atol,
+                                        steps=params.bpd_steps, gamma=float(hp.get("gamma", 5.0)),
                                         z_exp=sampler.z_exp, hutchinson=params.hutchinson,
                                         generator=generator).cpu())
         except ValueError as err:

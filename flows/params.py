@@ -134,6 +134,10 @@ class EvaluateParams(Section):
     inception_path: str = "/tmp/inception-2015-12-05.pt"
     bpd_images: int = Field(300, ge=0)
     """Test images for bits/dim (0: skip)."""
+    bpd_method: str = "rk4"
+    """Solver of the likelihood ODE; a fixed-step one always terminates, whatever the field."""
+    bpd_steps: int | None = Field(50, ge=1)
+    """Steps in ln z for a fixed-step bpd_method."""
     hutchinson: int | None = Field(1, ge=1)
     """Rademacher probes per image for the likelihood trace; null: exact trace."""
     register_model: bool = True
