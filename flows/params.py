@@ -132,7 +132,7 @@ class EvaluateParams(Section):
     features: Literal["auto", "digits", "inception"] = "auto"
     """FID features: auto takes the digits CNN for digits and Inception for other image data."""
     inception_path: str = "/tmp/inception-2015-12-05.pt"
-    bpd_images: int = Field(300, ge=0)
+    bpd_images: int = Field(0, ge=0)
     """Test images for bits/dim (0: skip)."""
     bpd_method: str = "rk4"
     """Solver of the likelihood ODE; a fixed-step one always terminates, whatever the field."""
