@@ -22,6 +22,7 @@ from torchdiffeq import odeint
 from torchdiffeq._impl.odeint import SOLVERS
 
 from pfgm._checks import check_finite, check_positive, check_tensor
+from pfgm._random import draw
 from pfgm.prior import prior_log_prob
 
 Model = Callable[[Tensor, Tensor], Tensor]
@@ -162,8 +163,7 @@ def encode(model: Model, x: Tensor, *, z_min: float, z_max: float, method: str =
 
 
 def _rademacher(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    source = generator.device if generator is not None else like.device
-    bits = torch.randint(0, 2, shape, generator=generator, device=source).to(like.device, like.dtype)
+    bits = draw(torch.randint, 0, 2, shape, generator=generator, device=like.device).to(like.dtype)
     return 2.0 * bits - 1.0
 
 
@@ -225,8 +225,7 @@ def dequantize(images: Tensor, *, generator: torch.Generator | None = None) -> T
     """uint8 images in 0..255 -> float32 in [-1, 1) with uniform dequantisation noise."""
     if images.dtype != torch.uint8:
         raise ValueError(f"images must be uint8 (0..255) for dequantisation, got dtype {images.dtype}")
-    source = generator.device if generator is not None else images.device
-    noise = torch.rand(images.shape, generator=generator, device=source).to(images.device)
+    noise = draw(torch.rand, images.shape, generator=generator, device=images.device)
     return (images.float() + noise) / 128.0 - 1.0
 
 

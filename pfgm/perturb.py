@@ -14,19 +14,10 @@ import torch
 from torch import Tensor
 
 from pfgm._checks import check_finite, check_positive, check_tensor
+from pfgm._random import draw
 
 RESTRICT_Z_THRESHOLD = 0.005
 RESTRICT_M_FRACTION = 0.7
-
-
-def _uniform(n: int, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    source = generator.device if generator is not None else like.device
-    return torch.rand(n, generator=generator, device=source, dtype=like.dtype).to(like.device)
-
-
-def _normal(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
-    source = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=source, dtype=like.dtype).to(like.device)
 
 
 def perturb(data: Tensor, *, M: int, sigma: float = 0.01, tau: float = 0.03, restrict_M: bool = True,
@@ -48,14 +39,15 @@ def perturb(data: Tensor, *, M: int, sigma: float = 0.01, tau: float = 0.03, res
     check_positive("tau", tau)
     batch = data.shape[0]
 
-    m = _uniform(batch, data, generator) * M
-    z0 = _normal((batch,), data, generator).abs() * sigma
+    like = dict(generator=generator, device=data.device, dtype=data.dtype)
+    m = draw(torch.rand, batch, **like) * M
+    z0 = draw(torch.randn, batch, **like).abs() * sigma
     if restrict_M:
-        restricted = _uniform(batch, data, generator) * math.floor(RESTRICT_M_FRACTION * M)
+        restricted = draw(torch.rand, batch, **like) * math.floor(RESTRICT_M_FRACTION * M)
         m = torch.where(z0 < RESTRICT_Z_THRESHOLD, restricted, m)
     multiplier = (1.0 + tau) ** m
 
-    eps = _normal(tuple(data.shape), data, generator) * sigma
+    eps = draw(torch.randn, tuple(data.shape), **like) * sigma
     x = data + multiplier.reshape(batch, *([1] * (data.dim() - 1))) * eps
     return x, multiplier * z0
 

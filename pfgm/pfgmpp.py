@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from pfgm._checks import check_dims, check_finite, check_positive, check_tensor
+from pfgm._random import draw
 from pfgm.field import empirical_field
 from pfgm.ode import ODEResult
 from pfgm.prior import kernel_offsets
@@ -32,9 +33,8 @@ SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 def sample_sigma(n: int, *, P_mean: float = P_MEAN, P_std: float = P_STD,
                  generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:
     """Training noise levels, ln sigma ~ N(P_mean, P_std^2): shape (n,)."""
-    source = generator.device if generator is not None else device
-    normal = torch.randn(n, generator=generator, device=source, dtype=dtype)
-    return (normal * P_std + P_mean).exp().to(device)
+    normal = draw(torch.randn, n, generator=generator, device=device, dtype=dtype)
+    return (normal * P_std + P_mean).exp()
 
 
 def perturb(data: Tensor, sigma: Tensor, *, D: int, generator: torch.Generator | None = None) -> Tensor:

@@ -16,14 +16,7 @@ import torch
 from torch import Tensor
 
 from pfgm._checks import check_dims, check_finite, check_positive, check_tensor
-
-
-def _random_normal(shape: tuple[int, ...], generator: torch.Generator | None,
-                   device: torch.device | str | None, dtype: torch.dtype) -> Tensor:
-    """Standard normals drawn on the generator's device, then moved to `device`."""
-    source = generator.device if generator is not None else device
-    sample = torch.randn(shape, generator=generator, device=source, dtype=dtype)
-    return sample.to(device) if device is not None else sample
+from pfgm._random import draw
 
 
 def kernel_offsets(n: int, shape: tuple[int, ...], r: Tensor | float, *, D: int = 1,
@@ -39,8 +32,8 @@ def kernel_offsets(n: int, shape: tuple[int, ...], r: Tensor | float, *, D: int 
         (n, *S) offsets.
     """
     check_dims(D)
-    direction = _random_normal((n, math.prod(shape)), generator, device, dtype)
-    extra = _random_normal((n, D), generator, device, dtype)
+    direction = draw(torch.randn, (n, math.prod(shape)), generator=generator, device=device, dtype=dtype)
+    extra = draw(torch.randn, (n, D), generator=generator, device=device, dtype=dtype)
     radius = torch.as_tensor(r, dtype=dtype, device=direction.device).reshape(-1, 1)
     offsets = radius * direction / torch.linalg.vector_norm(extra, dim=1, keepdim=True)
     return offsets.reshape(n, *shape)

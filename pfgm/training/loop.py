@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pfgm._random import draw
 from pfgm.data.store import random_hflip
 from pfgm.training.checkpoint import checkpoint_path, save_checkpoint
 from pfgm.training.state import TrainConfig, TrainState
@@ -45,10 +46,8 @@ def tensor_batches(data: Tensor, batch_size: int, generator: torch.Generator | N
     """
     if batch_size > data.shape[0]:
         raise ValueError(f"batch_size {batch_size} exceeds the {data.shape[0]} rows of the data")
-    source = generator.device if generator is not None else data.device
     while True:
-        rows = torch.randperm(data.shape[0], generator=generator, device=source)[:batch_size]
-        yield data[rows.to(data.device)]
+        yield data[draw(torch.randperm, data.shape[0], generator=generator, device=data.device)[:batch_size]]
 
 
 class _BF16Autocast:
