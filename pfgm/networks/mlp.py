@@ -16,7 +16,7 @@ from torch.nn import functional as F
 EMBEDDINGS = ("positional", "log")
 
 
-def _sinusoidal(values: Tensor, dim: int, max_positions: float) -> Tensor:
+def sinusoidal(values: Tensor, dim: int, max_positions: float) -> Tensor:
     """[sin(v f_k), cos(v f_k)], f_k geometric from 1 down to 1/max_positions: (B,) -> (B, dim)."""
     half = dim // 2
     freqs = torch.exp(torch.arange(half, device=values.device, dtype=torch.float32)
@@ -62,7 +62,7 @@ class FieldMLP(nn.Module):
             raise ValueError(f"expected x (B, {self.data_shape}) and z (B,), got {tuple(x.shape)} and "
                              f"{tuple(z.shape)}")
         scalar = torch.log(z) if self.config["embedding"] == "log" else z
-        temb = self.embed(_sinusoidal(scalar, self.config["embed_dim"], self.config["max_positions"]).to(x.dtype))
+        temb = self.embed(sinusoidal(scalar, self.config["embed_dim"], self.config["max_positions"]).to(x.dtype))
         h = self.input(x.flatten(1)) + temb
         for layer, proj in zip(self.layers, self.z_proj):
             h = layer(F.silu(h)) + proj(F.silu(temb))

@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from pfgm.networks.ddpmpp import DDPMpp
+from pfgm.networks.convnet import FieldConvNet
 from pfgm.networks.mlp import FieldMLP
 from pfgm.training.state import TrainConfig, TrainState, create_state
 
 FORMAT, VERSION = "pfgm-checkpoint", 1
-NETWORKS: dict[str, type[nn.Module]] = {"DDPMpp": DDPMpp, "FieldMLP": FieldMLP}
+NETWORKS: dict[str, type[nn.Module]] = {"DDPMpp": DDPMpp, "FieldConvNet": FieldConvNet, "FieldMLP": FieldMLP}
 _NAME = re.compile(r"checkpoint_(\d+)\.pt")
 
 
