@@ -71,5 +71,21 @@ def hyperparameters(data: Tensor, *, sigma: float = 0.01, tau: float = 0.03) -> 
         raise ValueError(f"data has mean squared norm {mean_sq_norm:.3g}, too small for sigma={sigma}: "
                          "M would be < 1 (is the data all zeros, or sigma too large?)")
     M = math.floor(0.75 * math.log(ratio) / math.log1p(tau)) + 1
+    return dict(M=M, **prior_range(M, dims, sigma=sigma, tau=tau))
+
+
+def prior_range(M: int, dims: int, *, sigma: float = 0.01, tau: float = 0.03) -> dict:
+    """z_max and upper_norm implied by M for data of dimension N = dims (PFGM.md section 2).
+
+    The largest perturbation sigma (1+tau)^M has expected |z0| sqrt(2/pi) times it and expected
+    ||eps|| sqrt(N) times it: z_max = sqrt(2/pi) sigma (1+tau)^M, upper_norm = sqrt(N) sigma (1+tau)^M.
+    (CIFAR-10, M = 291: 43.4 and 3015; its released config samples with 40 and 3000.)
+    """
+    if isinstance(M, bool) or not isinstance(M, int) or M < 1:
+        raise ValueError(f"M must be an integer >= 1, got {M!r}")
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+        raise ValueError(f"dims must be an integer >= 1, got {dims!r}")
+    check_positive("sigma", sigma)
+    check_positive("tau", tau)
     scale = sigma * (1.0 + tau) ** M
-    return dict(M=M, z_max=math.sqrt(2.0 / math.pi) * scale, upper_norm=math.sqrt(dims) * scale)
+    return dict(z_max=math.sqrt(2.0 / math.pi) * scale, upper_norm=math.sqrt(dims) * scale)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from pfgm.perturb import hyperparameters, perturb
+from pfgm.perturb import hyperparameters, perturb, prior_range
 
 
 def _official_form(data: torch.Tensor, M: int, sigma: float, tau: float, restrict_M: bool, seed: int):
@@ -69,6 +69,19 @@ def test_hyperparameters_reproduce_published_cifar10_constants():
     assert result["M"] == 291
     assert result["z_max"] == pytest.approx(43.4, abs=0.05)
     assert result["upper_norm"] == pytest.approx(3015, abs=2)
+
+
+def test_prior_range_from_M_alone():
+    # PFGM.md section 2: M = 291 with N = 3072 gives 43.4 and 3015, whatever the data; and it is
+    # the range `hyperparameters` reports for the M it chooses.
+    assert prior_range(291, 3072) == pytest.approx(dict(z_max=43.4, upper_norm=3015), abs=0.5)
+    data = torch.full((10, 3, 32, 32), math.sqrt(1041.0 / 3072))
+    found = hyperparameters(data)
+    assert prior_range(found["M"], 3072) == dict(z_max=found["z_max"], upper_norm=found["upper_norm"])
+    with pytest.raises(ValueError, match=r"\bM\b"):
+        prior_range(0, 3072)
+    with pytest.raises(ValueError, match="dims"):
+        prior_range(291, 0)
 
 
 def test_bad_input_names_the_argument():
