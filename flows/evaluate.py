@@ -30,7 +30,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
 import numpy as np
@@ -67,19 +67,22 @@ class Plan:
     metric_keys: tuple[str, ...]
 
 
-def resolve_features(params: EvaluateParams, manifest: dict[str, Any]) -> str | None:
-    """digits | inception | None (points: no FID); ParamsError naming evaluate.features otherwise."""
+def resolve_features(params: EvaluateParams, manifest: dict[str, Any], section: str = "evaluate") -> str | None:
+    """digits | inception | None (points: no FID); ParamsError naming <section>.features otherwise.
+
+    `params` is any section with a `features` key (evaluate, sweep).
+    """
     kind, name = manifest["kind"], manifest["name"]
     if kind == "points":
         if params.features != "auto":
-            raise ParamsError(f"evaluate.features: {params.features!r} needs image data; {name} is 2D points "
+            raise ParamsError(f"{section}.features: {params.features!r} needs image data; {name} is 2D points "
                               "(points get no FID; use auto)")
         return None
     features = params.features
     if features == "auto":
         features = "digits" if name == "digits" else "inception"
     if features == "digits" and "features" not in manifest:
-        raise ParamsError(f"evaluate.features: digits features need the classifier saved by the prepare stage; "
+        raise ParamsError(f"{section}.features: digits features need the classifier saved by the prepare stage; "
                           f"the prepared {name} data has none")
     return features
 
@@ -150,12 +153,45 @@ def to_images(x: torch.Tensor) -> torch.Tensor:
     return pdata.unit_to_images(torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0))
 
 
-def _feature_model(features: str, data_dir: str, params: EvaluateParams, device: torch.device):
+@dataclass(frozen=True)
+class FidScorer:
+    """Fréchet distances to the test split's feature statistics, which are computed once.
+
+    `extract` maps uint8 images (n, C, H, W) to features (n, F); `inception` is the Inception network
+    when the features are Inception's (for the Inception Score), else None. Holds no mutable state:
+    worker threads may share one scorer.
+    """
+    extract: Callable[[torch.Tensor], np.ndarray]
+    reference: pmetrics.FeatureStats
+    inception: pmetrics.InceptionFeatures | None
+
+    def fid(self, images: torch.Tensor) -> float:
+        """FID of uint8 images (n, C, H, W) against the test split."""
+        return pmetrics.frechet_distance(pmetrics.feature_statistics(self.extract(images)), self.reference)
+
+    def sample_fid(self, samples: torch.Tensor) -> float:
+        """FID of samples (n, *S) in [-1, 1]; NaN when any value is non-finite (a diverged solve)."""
+        return self.fid(to_images(samples)) if bool(torch.isfinite(samples).all()) else math.nan
+
+
+def _feature_model(features: str, data_dir: str, inception_path: str, device: torch.device):
     if features == "digits":
         classifier = pdata.load_digits_classifier(data_dir)
         return pdata.cleanfid_extractor(pdata.digits_feature_extractor(classifier)), None, None
-    inception = pmetrics.InceptionFeatures(params.inception_path, device=device)
+    inception = pmetrics.InceptionFeatures(inception_path, device=device)
     return inception, pmetrics.clean_resizer(), inception
+
+
+def fid_scorer(features: str, data_dir: str, *, inception_path: str, batch_size: int,
+               device: torch.device) -> FidScorer:
+    """A FidScorer for `features` (digits | inception) holding the statistics of <data_dir>'s test split."""
+    model, resize, inception = _feature_model(features, data_dir, inception_path, device)
+
+    def extract(images: torch.Tensor) -> np.ndarray:
+        return pmetrics.image_features(images, model, resize=resize, batch_size=batch_size, device=device)
+
+    test = pdata.unit_to_images(pdata.load_split(data_dir, "test"))
+    return FidScorer(extract=extract, reference=pmetrics.feature_statistics(extract(test)), inception=inception)
 
 
 @task(cache_policy=NO_CACHE)
@@ -166,26 +202,19 @@ def fid_metrics(samples: torch.Tensor, untrained: torch.Tensor, *, features: str
     Samples with any non-finite value have no FID (NaN): the evaluation then fails as diverged.
     """
     device = resolve_device(params.device)
-    model, resize, inception = _feature_model(features, data_dir, params, device)
-
-    def extract(images: torch.Tensor) -> np.ndarray:
-        return pmetrics.image_features(images, model, resize=resize, batch_size=params.batch_size, device=device)
-
-    test = pdata.unit_to_images(pdata.load_split(data_dir, "test"))
+    scorer = fid_scorer(features, data_dir, inception_path=params.inception_path, batch_size=params.batch_size,
+                        device=device)
     train = pdata.unit_to_images(pdata.load_split(data_dir, "train"))
     rows = np.random.default_rng(params.seed).choice(len(train), size=min(params.num_samples, len(train)),
                                                      replace=False)
-    reference = pmetrics.feature_statistics(extract(test))
-    floor = pmetrics.frechet_distance(pmetrics.feature_statistics(extract(train[np.sort(rows)])), reference)
+    floor = scorer.fid(train[np.sort(rows)])
     finite = bool(torch.isfinite(samples).all())
-    fid = pmetrics.frechet_distance(pmetrics.feature_statistics(extract(to_images(samples))), reference) \
-        if finite else math.nan
-    fid_untrained = pmetrics.frechet_distance(pmetrics.feature_statistics(extract(to_images(untrained))), reference)
-    out = dict(fid=fid, fid_untrained=fid_untrained, fid_floor=floor)
-    if inception is not None:
+    out = dict(fid=scorer.sample_fid(samples), fid_untrained=scorer.fid(to_images(untrained)), fid_floor=floor)
+    if scorer.inception is not None:
         splits = min(10, params.num_samples)
         score, spread = pmetrics.inception_score(
-            pmetrics.inception_logits(to_images(samples), inception, batch_size=params.batch_size, device=device),
+            pmetrics.inception_logits(to_images(samples), scorer.inception, batch_size=params.batch_size,
+                                      device=device),
             splits=splits) if finite else (math.nan, math.nan)
         out.update(inception_score=score, inception_score_std=spread)
     return out
@@ -222,34 +251,29 @@ def likelihood_metrics(model: TrainedModel, *, kind: str, data_dir: str, params:
 
 
 def sample_figure(x: torch.Tensor, kind: str):
-    """A figure of the first samples: an image grid, or a scatter plot of 2D points."""
-    import matplotlib
+    """A figure of the first samples: an image grid, or a scatter plot of 2D points.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Built without pyplot, whose global figure registry is not thread-safe (the sweep draws figures
+    from worker threads); nothing needs closing afterwards.
+    """
+    from matplotlib.figure import Figure
     from torchvision.utils import make_grid
 
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
     if kind == "points":
-        fig, ax = plt.subplots(figsize=(4, 4))
         points = x[torch.isfinite(x).all(dim=1)].numpy()
         ax.scatter(points[:, 0], points[:, 1], s=2)
         ax.set_aspect("equal")
         return fig
     grid = make_grid(to_images(x[:GRID_SAMPLES]), nrow=8, padding=1).permute(1, 2, 0).numpy()
-    fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
     ax.axis("off")
     return fig
 
 
 def _log_figure(x: torch.Tensor, kind: str, name: str) -> None:
-    import matplotlib.pyplot as plt
-
-    fig = sample_figure(x, kind)
-    try:
-        mlflow.log_figure(fig, name)
-    finally:
-        plt.close(fig)
+    mlflow.log_figure(sample_figure(x, kind), name)
 
 
 def require_finite(metrics: dict[str, Any]) -> None:
