@@ -1,0 +1,56 @@
+"""pfgm.viz: each picture is written, non-empty and of the right kind; the GIF has one frame per height."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pfgm import viz
+
+
+def _png(path) -> Image.Image:
+    image = Image.open(path)
+    assert image.format == "PNG" and image.size[0] > 50 and image.size[1] > 50
+    return image
+
+
+def test_to_uint8_and_tile():
+    images = torch.tensor([-1.0, 0.0, 1.0, float("nan")]).reshape(4, 1, 1, 1)
+    assert viz.to_uint8(images).ravel().tolist() == [0, 128, 255, 128]
+    rows = np.arange(2 * 3 * 1 * 2 * 2, dtype=np.uint8).reshape(2, 3, 1, 2, 2)
+    picture = viz.tile(rows, padding=1)
+    assert picture.shape == (2 * 3 + 1, 3 * 3 + 1, 1)
+    assert picture[1:3, 4:6, 0].tolist() == rows[0, 1, 0].tolist()  # row 0, column 1
+    assert picture[0].tolist() == [[255]] * 10  # padding
+
+
+def test_image_grid_and_rows(tmp_path, generator):
+    grey = torch.rand(10, 1, 8, 8, generator=generator) * 2 - 1
+    colour = torch.rand(2, 5, 3, 8, 8, generator=generator) * 2 - 1
+    _png(viz.save_image_grid(grey, tmp_path / "grid.png", columns=4, title="samples"))
+    _png(viz.save_image_rows(colour, tmp_path / "rows.png", column_labels=[str(k) for k in range(5)]))
+    with pytest.raises(ValueError, match="column labels"):
+        viz.save_image_rows(colour, tmp_path / "bad.png", column_labels=["a"])
+
+
+def test_nfe_vs_fid(tmp_path):
+    curves = {"euler": [(20, 30.0, "20 steps"), (10, 60.0, "10 steps")], "dopri5": [(104, 12.0, "tol=1e-4")]}
+    path = viz.save_nfe_vs_fid(curves, tmp_path / "sub" / "nfe_vs_fid.png", marks={"evaluate": (104, 12.5)},
+                               floor=3.0, diverged={"euler": [(5, "5 steps")], "heun": [(10, "5 steps")]})
+    _png(path)
+
+
+def test_points_trajectories_and_animation(tmp_path, generator):
+    frames, particles = 7, 30
+    data = torch.randn(200, 2, generator=generator)
+    z = torch.logspace(1, -3, frames, dtype=torch.float64)
+    start = torch.randn(particles, 2, generator=generator) * 10
+    x = torch.stack([data[:particles] + (start - data[:particles]) * (h / z[0]) for h in z])  # straight lines
+    _png(viz.save_points(x[-1], tmp_path / "points.png", data=data))
+    _png(viz.save_trajectories(x, z, data, tmp_path / "trajectories.png", title="test"))
+    gif = viz.save_flow_animation(x, z, data, tmp_path / "flow.gif", fps=5)
+    with Image.open(gif) as image:
+        assert image.format == "GIF" and image.n_frames == frames
+    with pytest.raises(ValueError, match="states"):
+        viz.save_trajectories(x[..., :1], z, data, tmp_path / "bad.png")
