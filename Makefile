@@ -1,6 +1,7 @@
 # The two commands a new user runs (see README.md):
 #   make main   set up the environment and run the whole default pipeline
 #   make test   set up the environment and run the test suite
+# and, to run a paper configuration instead of the default: make main PARAMS=configs/cifar10-ddpmpp.yaml
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/site_cache
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup main test bench clean
+.PHONY: setup params main test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +22,20 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# PARAMS: a params file to run instead of the current params.yaml (e.g. configs/cifar10-ddpmpp.yaml).
+# It is validated, then copied over params.yaml, the one file dvc.yaml reads, so that DVC tracks the
+# values the pipeline ran with as usual. params.yaml is in git: `git checkout params.yaml` restores it.
+PARAMS ?= params.yaml
+
+params: setup
+ifneq ($(abspath $(PARAMS)),$(abspath params.yaml))
+	$(BIN)/python -c 'import sys; from flows.params import load_params; load_params(sys.argv[1])' $(PARAMS)
+	cp $(PARAMS) params.yaml
+	@echo "params.yaml is now a copy of $(PARAMS) (git checkout params.yaml restores the default)"
+endif
+
 # DVC runs each stage's `python -m flows.<stage>` with the virtualenv first on PATH.
-main: setup
+main: params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 

@@ -8,10 +8,12 @@ path (`data.seed: ...`). To add a stage, write its section model here and add a 
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from pfgm.ode import ADAPTIVE_METHODS, METHODS
 
 DatasetName = Literal[
     "digits",
@@ -70,7 +72,7 @@ class DataParams(Section):
         return out
 
 
-NetworkName = Literal["FieldMLP", "DDPMpp"]
+NetworkName = Literal["FieldMLP", "FieldConvNet", "DDPMpp"]
 
 
 class TrainParams(Section):
@@ -89,6 +91,11 @@ class TrainParams(Section):
     """pfgmpp only: augmented dimensions."""
     M: int | None = Field(None, ge=1)
     """pfgm: perturbation range; null derives it from the data (pfgm.perturb.hyperparameters)."""
+    z_max: float | None = Field(None, gt=0)
+    """pfgm: height of the prior hemisphere the sampler starts from; null: implied by M
+    (pfgm.perturb.prior_range). The released configs round it (CIFAR-10: 40 instead of 43.4)."""
+    upper_norm: float | None = Field(None, gt=0)
+    """pfgm: largest prior norm kept when the sampler clips the prior; null: implied by M."""
     sigma: float = Field(0.01, gt=0)
     tau: float = Field(0.03, gt=0)
     gamma: float = Field(5.0, ge=0)
@@ -146,12 +153,157 @@ class EvaluateParams(Section):
     """Lower is better; the registered version with the lowest value holds the alias `champion`."""
 
 
+PositiveFloat = Annotated[float, Field(gt=0)]
+StepCount = Annotated[int, Field(ge=1)]
+
+
+class SolverGrid(Section):
+    """One solver of the sweep: a torchdiffeq method and either its tolerances or its step counts."""
+
+    method: str
+    """Any pfgm.ode.METHODS (torchdiffeq's names: dopri5 is RK45, heun2 is improved Euler)."""
+    tolerances: list[PositiveFloat] | None = Field(None, min_length=1, validate_default=True)
+    """Adaptive methods only: one point per value, with rtol = atol = the value."""
+    steps: list[StepCount] | None = Field(None, min_length=1, validate_default=True)
+    """Fixed-step methods only: one point per value, steps uniform in ln z."""
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"must be one of {', '.join(METHODS)}")
+        return method
+
+    @field_validator("tolerances")
+    @classmethod
+    def _tolerances_for_adaptive(cls, tolerances: list[float] | None, info: ValidationInfo) -> list[float] | None:
+        method = info.data.get("method")
+        if method is None:
+            return tolerances  # the method itself is invalid and reported
+        adaptive = method in ADAPTIVE_METHODS
+        if adaptive and tolerances is None:
+            raise ValueError(f"method {method!r} is adaptive and needs tolerances")
+        if not adaptive and tolerances is not None:
+            raise ValueError(f"method {method!r} is fixed-step: give steps, not tolerances")
+        return tolerances
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_for_fixed_step(cls, steps: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        method = info.data.get("method")
+        if method is None:
+            return steps
+        adaptive = method in ADAPTIVE_METHODS
+        if not adaptive and steps is None:
+            raise ValueError(f"method {method!r} is fixed-step and needs steps")
+        if adaptive and steps is not None:
+            raise ValueError(f"method {method!r} is adaptive: give tolerances, not steps")
+        return steps
+
+
+class SweepParams(Section):
+    """The `sweep` section: a grid of sampler settings scored against one or more checkpoints."""
+
+    out: str = "metrics/sweep.json"
+    """Flat JSON summary for `dvc metrics show` (best FID and its solver, number of points)."""
+    table: str = "metrics/sweep.csv"
+    """The whole sweep, one row per point (also logged to the parent MLflow run, with a markdown copy)."""
+    seed: int = Field(0, ge=0)
+    """Seeds the prior: every point starts from the same draw."""
+    device: str = "auto"
+    checkpoints: list[str] = []
+    """model.pt files to sweep; empty: <train.out>/model.pt."""
+    solvers: list[SolverGrid] = Field(default_factory=lambda: [
+        SolverGrid(method="dopri5", tolerances=[1e-2, 1e-3, 1e-4]),
+        SolverGrid(method="euler", steps=[10, 20, 40]),
+        SolverGrid(method="heun2", steps=[5, 10, 20]),
+    ], min_length=1)
+    """PFGM models: each solver with each of its tolerances or step counts."""
+    heun_steps: list[StepCount] = Field([5, 10, 18], min_length=1)
+    """PFGM++ models: EDM's Heun sampler with each of these step counts (they ignore `solvers`)."""
+    z_min: float = Field(1e-3, gt=0)
+    z_exp: float | None = Field(None, gt=0)
+    clip_prior: bool = True
+    num_samples: int = Field(500, ge=2)
+    batch_size: int = Field(500, ge=1)
+    workers: int = Field(4, ge=1)
+    """Points evaluated at once (threads); the timed solves themselves take turns."""
+    features: Literal["auto", "digits", "inception"] = "auto"
+    inception_path: str = "/tmp/inception-2015-12-05.pt"
+
+
+PublishedData = Literal["auto", "cifar10", "celeba64", "lsun-bedroom256", "ffhq64"]
+
+
+class ReportParams(Section):
+    """The `report` section: the table beside the published numbers, and the pictures."""
+
+    out: str = "reports"
+    """Folder of table.csv, table.md and the pictures (a DVC output; only the report's own files change)."""
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    threads: int | None = Field(None, ge=1)
+    """CPU threads of torch during the report (null: torch's default). Its solves are many small products:
+    on a small or busy machine one thread is much faster (64 digits samples: 2 s instead of 39 s)."""
+    published: str = "paper/published.csv"
+    """The published numbers with their protocols (PFGM.md section 8)."""
+    table_data: PublishedData = "auto"
+    """Published rows shown: auto takes the run's data set, or CIFAR-10 as a reference when it has none."""
+    num_samples: int = Field(64, ge=1)
+    """Samples in samples.png."""
+    interpolation_pairs: int = Field(2, ge=1)
+    """Pairs of test images encoded and interpolated (rows of interpolation.png)."""
+    interpolation_points: int = Field(8, ge=2)
+    """Points per interpolation path, both ends included."""
+    temperatures: list[PositiveFloat] = Field([0.5, 0.75, 1.0, 1.25, 1.5], min_length=1)
+    """Factors on the latent (columns of temperature.png); 1 is plain sampling."""
+    temperature_samples: int = Field(8, ge=1)
+    """Prior draws decoded at every temperature (rows of temperature.png)."""
+    method: str = "dopri5"
+    """Solver of every encoding and decoding (pfgm.ode.METHODS); fixed-step methods need `steps`."""
+    rtol: float = Field(1e-4, gt=0)
+    atol: float = Field(1e-4, gt=0)
+    steps: int | None = Field(None, ge=1, validate_default=True)
+    """Fixed-step methods: steps uniform in ln z (per frame stretch for the 2D animation)."""
+    z_min: float = Field(1e-3, gt=0)
+    z_exp: float | None = Field(None, gt=0)
+    clip_prior: bool = True
+    animation_points: int = Field(500, ge=1)
+    """2D data: particles in flow.gif (the first 150 are drawn in trajectories.png)."""
+    animation_frames: int = Field(40, ge=2)
+    """2D data: frames of flow.gif, heights uniform in sqrt(z) from z_max to z_min (pfgm.latent.flow_heights)."""
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in METHODS:
+            raise ValueError(f"must be one of {', '.join(METHODS)}")
+        return method
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_for_fixed_step(cls, steps: int | None, info: ValidationInfo) -> int | None:
+        method = info.data.get("method")
+        if method is not None and method not in ADAPTIVE_METHODS and steps is None:
+            raise ValueError(f"method {method!r} is fixed-step and needs steps")
+        return steps
+
+    @field_validator("out")
+    @classmethod
+    def _out_is_a_subfolder(cls, out: str) -> str:
+        if os.path.normpath(out) in (".", "..", "/"):
+            raise ValueError("must name a folder of its own")
+        return out
+
+
 class Params(Section):
     """All of params.yaml. Later stages add their sections here (sweep, report)."""
 
     data: DataParams = DataParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    sweep: SweepParams = SweepParams()
+    report: ReportParams = ReportParams()
 
 
 def _format_errors(err: ValidationError, prefix: str) -> str:

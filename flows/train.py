@@ -52,7 +52,7 @@ from flows.tracking import configure, resolve_device
 from pfgm import data as pdata
 from pfgm import ode, pfgmpp, prior, training
 from pfgm.networks.edm import precondition
-from pfgm.perturb import hyperparameters as data_hyperparameters
+from pfgm.perturb import hyperparameters as data_hyperparameters, prior_range
 from pfgm.training import NETWORKS, DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, TrainState
 
 MODEL = "model.pt"
@@ -63,7 +63,7 @@ STEPS_PER_BATCH = 200  # 4 metrics + 1 tag per step stays under MLflow's 1000 en
 SAMPLE_IMAGES, SAMPLE_POINTS = 16, 512
 EULER_STEPS, HEUN_STEPS, Z_MIN = 20, 10, 1e-3
 # Embeddings of ln(scalar): PFGM++ conditions on c_noise = ln(sigma)/4, which is often <= 0.
-LOG_EMBEDDING = {"FieldMLP": "log", "DDPMpp": "fourier"}
+LOG_EMBEDDING = {"FieldMLP": "log", "FieldConvNet": "log", "DDPMpp": "fourier"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -74,9 +74,15 @@ def _invalid(key: str, message: str) -> ParamsError:
 
 
 def _shape_kwargs(network: str, manifest: dict) -> dict[str, Any]:
-    """The network arguments that come from the data: data_shape (FieldMLP), image_size/channels (DDPMpp)."""
+    """The network arguments that come from the data: data_shape (FieldMLP, FieldConvNet), or
+    image_size and channels (DDPMpp)."""
     shape = [int(s) for s in manifest["shape"]]
     if network == "FieldMLP":
+        return {"data_shape": shape}
+    if network == "FieldConvNet":
+        if manifest["kind"] != "image":
+            raise _invalid("train.network", f"FieldConvNet needs images; {manifest['name']} holds "
+                                            f"{manifest['kind']} of shape {shape} (use FieldMLP)")
         return {"data_shape": shape}
     if manifest["kind"] != "image" or len(shape) != 3 or shape[1] != shape[2]:
         raise _invalid("train.network", f"DDPMpp needs square images; {manifest['name']} holds "
@@ -122,15 +128,21 @@ def train_config(params: TrainParams) -> TrainConfig:
 
 
 def run_hyperparameters(charges: Tensor, params: TrainParams) -> dict[str, float]:
-    """M, z_max, upper_norm of the data (charges (B, *S)), M from train.M when given; gamma (pfgm), D (pfgmpp)."""
+    """M, z_max, upper_norm of the data (charges (B, *S)); gamma (pfgm) or D (pfgmpp).
+
+    M from train.M when given, else from the data; z_max and upper_norm from train.z_max and
+    train.upper_norm when given (the released configs sample with rounded values), else implied by M.
+    """
     try:
         hp = data_hyperparameters(charges, sigma=params.sigma, tau=params.tau)
     except ValueError as err:
         raise _invalid("train.sigma", str(err)) from None
-    if params.M is not None and params.M != hp["M"]:
-        # z_max and upper_norm are sigma (1 + tau)^M times constants of the data.
-        factor = (1.0 + params.tau) ** (params.M - hp["M"])
-        hp = dict(M=params.M, z_max=hp["z_max"] * factor, upper_norm=hp["upper_norm"] * factor)
+    if params.M is not None:
+        dims = math.prod(charges.shape[1:])
+        hp = dict(M=params.M, **prior_range(params.M, dims, sigma=params.sigma, tau=params.tau))
+    for key in ("z_max", "upper_norm"):
+        if getattr(params, key) is not None:
+            hp[key] = getattr(params, key)
     if params.objective == "pfgmpp":
         hp["D"] = params.D
     else:
@@ -239,6 +251,15 @@ def find_resume(out: Path, fingerprint: str, client: MlflowClient, experiment_id
                 return None
             return Resume(path=path, payload=payload, run=run)
     return None
+
+
+def refuse_imported(out: Path) -> None:
+    """ValueError when out/model.pt is an imported official checkpoint (flows.import_official):
+    training there would replace the released weights with a fresh run's."""
+    path = out / MODEL
+    if path.is_file() and "official" in json.loads(training.load_checkpoint(path).get("metadata") or "{}"):
+        raise ParamsError(f"invalid params: train.out: {path} holds an imported official checkpoint; training "
+                          "would replace it. Evaluate or sweep that folder, and train into another train.out")
 
 
 def clear_stale(out: Path) -> list[Path]:
@@ -475,6 +496,7 @@ def train(params: TrainParams, data: DataParams, root: str = ".", history: str |
     charges, manifest = load_charges(data)
     built = setup(params, charges, manifest)  # every ParamsError comes before any run exists
     out = Path(params.out)
+    refuse_imported(out)
     experiment_id = configure(root)
     client = MlflowClient()
     resume = find_resume(out, built.metadata["fingerprint"], client, experiment_id)

@@ -9,7 +9,8 @@ import yaml
 from flows.params import Params, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGE_SECTIONS = {"prepare": "data", "train": "train", "evaluate": "evaluate"}
+STAGE_SECTIONS = {"prepare": "data", "train": "train", "evaluate": "evaluate", "sweep": "sweep",
+                  "report": "report"}
 
 
 @pytest.fixture(scope="module")

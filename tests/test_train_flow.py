@@ -190,12 +190,27 @@ def test_invalid_params_fail_naming_the_key_before_any_run(prefect_test_env, tmp
              r"train\.network_kwargs\.embedding": dict(objective="pfgmpp", network_kwargs=dict(embedding="log")),
              r"train\.network_kwargs: FieldMLP": dict(network_kwargs=dict(depth=0)),
              r"train\.network: DDPMpp needs square images": dict(network="DDPMpp", network_kwargs={}),
+             r"train\.network: FieldConvNet needs images": dict(network="FieldConvNet", network_kwargs={}),
              r"train\.batch_size": dict(batch_size=1000),
              r"train\.flip": dict(flip=True),
              r"train\.betas": dict(betas=[0.9, 1.5])}
     for key, changes in cases.items():
         with pytest.raises(ParamsError, match=key):
             setup(_params(tmp_path / "model", **changes), charges, manifest)
+
+
+def test_an_imported_official_checkpoint_is_never_trained_over(prefect_test_env, tmp_path, client, moons):
+    from flows.train import train
+    from pfgm.training.checkpoint import FORMAT, VERSION
+
+    out = tmp_path / "official"
+    out.mkdir()
+    imported = out / "model.pt"  # what flows.import_official writes: our format, metadata naming its source
+    torch.save(dict(format=FORMAT, version=VERSION, metadata=json.dumps(dict(official=dict(step=0)))), imported)
+    before = imported.read_bytes()
+    with pytest.raises(ParamsError, match=r"train\.out: .* imported official checkpoint"):
+        train(_params(out), moons, root=str(tmp_path))
+    assert imported.read_bytes() == before and _runs(client) == []
 
 
 def test_divergence_fails_the_run_with_its_message_and_writes_no_model(prefect_test_env, tmp_path, client,
@@ -242,3 +257,14 @@ def test_sample_pictures_are_pngs(tmp_path):
     for kind, samples in (("image", images), ("points", points)):
         path = write_samples(samples, kind, tmp_path / f"{kind}.png")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prior_range_comes_from_M_unless_the_params_set_it():
+    from flows.train import run_hyperparameters
+    from pfgm.perturb import prior_range
+
+    charges = torch.randn(64, 3, 4, 4)
+    derived = run_hyperparameters(charges, _params(Path("unused"), M=291))
+    assert derived == dict(M=291, gamma=5.0, **prior_range(291, 48))
+    released = run_hyperparameters(charges, _params(Path("unused"), M=291, z_max=40.0, upper_norm=3000.0))
+    assert released == dict(M=291, gamma=5.0, z_max=40.0, upper_norm=3000.0)

@@ -1,0 +1,169 @@
+"""configs/*.yaml: the paper configurations validate, build the released networks and state PFGM.md's values.
+
+Expected values are written out below with the PFGM.md section they come from (../shared/docs/PFGM.md);
+values the spec does not state are marked with the released file they come from. Networks are built on
+the meta device (shapes only, no weights), so the full-size ones cost nothing.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from flows.params import load_params
+from flows.train import network_kwargs
+from pfgm.networks.ddpmpp import RELEASED_CONFIGS, DDPMpp, to_official_state_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+REF = ROOT.parent / "shared" / "reference" / "ddpmpp"
+
+# One entry per PFGM DDPM++ configuration. Sources:
+#   batch_size / small_batch: section 1 (charges 4096, 512, 32; small batch 128, 128, 32);
+#   M: section 2 (291, 291, 356); z_exp, z_min, z_max, upper_norm: section 3 table; reduce: section 1 (LSUN: mean);
+#   image side: section 3 table; lr and steps: section 6 for CIFAR-10 (2e-4, 1.3M) -- CelebA and LSUN
+#   are not in PFGM.md: Newbeeer/Poisson_flow default_celeba_configs.py (2e-4, 1.3M) and
+#   bedroom_ddpmpp.py / default_lsun_configs.py (2e-5, 2.4M).
+DDPMPP = {
+    "cifar10-ddpmpp.yaml": dict(released="cifar10", tsv="ddpmpp_cifar10_state_dict.tsv", data="cifar10", side=32,
+                                batch_size=4096, small_batch=128, M=291, z_exp=5.0, reduce="sum", lr=2e-4,
+                                steps=1_300_000, z_max=40.0, upper_norm=3000.0),
+    "cifar10-ddpmpp-deep.yaml": dict(released="cifar10_deep", tsv="cifar10_ddpmpp_deep_state_dict.tsv",
+                                     data="cifar10", side=32, batch_size=4096, small_batch=128, M=291, z_exp=5.0,
+                                     reduce="sum", lr=2e-4, steps=1_300_000, z_max=40.0, upper_norm=3000.0),
+    "celeba64-ddpmpp.yaml": dict(released="celeba64", tsv="celeba64_ddpmpp_state_dict.tsv", data="celeba64",
+                                 side=64, batch_size=512, small_batch=128, M=291, z_exp=1.0, reduce="sum", lr=2e-4,
+                                 steps=1_300_000, z_max=60.0, upper_norm=6000.0),
+    "lsun-bedroom256-ddpmpp.yaml": dict(released="bedroom256", tsv="bedroom_ddpmpp_state_dict.tsv",
+                                        data="lsun-bedroom256", side=256, batch_size=32, small_batch=32, M=356,
+                                        z_exp=0.1, reduce="mean", lr=2e-5, steps=2_400_000, z_max=100.0,
+                                        upper_norm=30000.0),
+}
+# Section 2: the perturbation defaults shared by every PFGM configuration.
+PERTURBATION = dict(sigma=0.01, tau=0.03, gamma=5.0, restrict_M=True)
+# Section 6: optimiser, EMA and flips of the released DDPM++ runs (also the released CelebA/LSUN files).
+OPTIMISER = dict(betas=[0.9, 0.999], eps=1e-8, warmup=5000, grad_clip=1.0, ema_decay=0.9999, flip=True, amp=False)
+# Sections 3 and 4: the RK45 sampler of the paper; section 8: Inception FID (50,000 samples, as PFGM++).
+SAMPLER = dict(method="dopri5", rtol=1e-4, atol=1e-4, steps=None, z_min=1e-3, clip_prior=True)
+FID = dict(features="inception", num_samples=50_000)
+
+# PFGM++ (section 7: D, Heun with 18 steps = NFE 35; the objective's P_mean/P_std are fixed in
+# pfgm.pfgmpp). Optimisation from EDM / Newbeeer/pfgmpp train.py: batch 512, lr 1e-3, 200 Mimg,
+# lr ramp-up 10 Mimg, EMA half-life 0.5 Mimg, no clipping, dropout 0.13, no x-flips.
+PFGMPP = {"cifar10-pfgmpp-d128.yaml": 128, "cifar10-pfgmpp-d2048.yaml": 2048}
+EDM_BATCH = 512
+EDM = dict(batch_size=EDM_BATCH, lr=1e-3, steps=200_000_000 // EDM_BATCH, warmup=10_000_000 // EDM_BATCH,
+           grad_clip=None, flip=False, betas=[0.9, 0.999], eps=1e-8)
+EDM_EMA_DECAY = 0.5 ** (EDM_BATCH / 500_000)
+EDM_NETWORK = dict(nf=128, ch_mult=[2, 2, 2], num_res_blocks=4, attn_resolutions=[16], dropout=0.13,
+                   embedding="positional")
+
+
+def config_files() -> list[str]:
+    return sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+def manifest_for(name: str, side: int) -> dict:
+    """The fields of a prepared data manifest that the train flow's network check reads."""
+    return dict(name=name, kind="image", shape=[3, side, side])
+
+
+def tsv_parameters(path: Path) -> dict[str, tuple[int, ...]]:
+    """Official key -> shape of every trainable parameter listed in a state-dict TSV."""
+    if not path.is_file():
+        pytest.skip(f"{path} not found (shared/reference/ddpmpp must be a sibling of the repo root)")
+    rows = {}
+    for line in path.read_text().splitlines()[1:]:
+        if line and not line.startswith("#"):
+            key, shape, _dtype, _numel, kind = line.split("\t")
+            if kind == "param":
+                rows[key.removeprefix("module.")] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
+    return rows
+
+
+def test_the_expected_configurations_are_there():
+    assert set(DDPMPP) | set(PFGMPP) <= set(config_files())
+
+
+@pytest.mark.parametrize("name", config_files())
+def test_every_config_validates_and_says_where_it_comes_from(name):
+    params = load_params(CONFIGS / name)
+    header = (CONFIGS / name).read_text().split("\ndata:")[0]
+    assert all(line.startswith("#") for line in header.splitlines()), "the file starts with its comment block"
+    assert re.search(r"section \d", header), "the comment block cites PFGM.md sections"
+    assert re.search(r"[Hh]ardware", header), "the comment block states the expected hardware and time"
+    assert f"make main PARAMS=configs/{name}" in header, "the comment block gives the one command to run it"
+    assert params.train.out != load_params(ROOT / "params.yaml").train.out  # never the default run's folder
+
+
+@pytest.mark.parametrize("name", sorted(DDPMPP))
+def test_ddpmpp_config_builds_the_released_network(name):
+    expected = DDPMPP[name]
+    params = load_params(CONFIGS / name)
+    kwargs = network_kwargs(params.train, manifest_for(expected["data"], expected["side"]))
+    assert kwargs == RELEASED_CONFIGS[expected["released"]]
+    with torch.device("meta"):
+        net = DDPMpp(**kwargs)
+    official = {k.removeprefix("module."): tuple(t.shape) for k, t in to_official_state_dict(net, prefix="").items()}
+    listed = tsv_parameters(REF / expected["tsv"])
+    assert sum(p.numel() for p in net.parameters()) == sum(torch.Size(s).numel() for s in listed.values())
+    assert official == listed  # same keys and shapes, not only the same count
+
+
+@pytest.mark.parametrize("name", sorted(DDPMPP))
+def test_ddpmpp_config_has_the_published_hyperparameters(name):
+    expected = DDPMPP[name]
+    params = load_params(CONFIGS / name)
+    train, evaluate = params.train, params.evaluate
+    assert params.data.name == expected["data"] and train.network == "DDPMpp" and train.objective == "pfgm"
+    for key in ("batch_size", "small_batch", "M", "z_max", "upper_norm", "reduce", "lr", "steps"):
+        assert getattr(train, key) == expected[key], key
+    for key, value in {**PERTURBATION, **OPTIMISER}.items():
+        assert getattr(train, key) == value, key
+    for key, value in {**SAMPLER, **FID, "z_exp": expected["z_exp"]}.items():
+        assert getattr(evaluate, key) == value, key
+
+
+@pytest.mark.parametrize("name", sorted(PFGMPP))
+def test_pfgmpp_config_has_its_D_and_edm_settings(name):
+    params = load_params(CONFIGS / name)
+    train, evaluate = params.train, params.evaluate
+    assert train.objective == "pfgmpp" and train.D == PFGMPP[name] and params.data.name == "cifar10"
+    for key, value in EDM.items():
+        assert getattr(train, key) == value, key
+    assert train.ema_decay == pytest.approx(EDM_EMA_DECAY, abs=1e-5)
+    assert evaluate.steps == 18 and evaluate.features == "inception" and evaluate.num_samples == 50_000
+    kwargs = network_kwargs(train, manifest_for("cifar10", 32))  # also rejects a log embedding for pfgmpp
+    assert {key: kwargs[key] for key in EDM_NETWORK} == EDM_NETWORK
+    with torch.device("meta"):
+        DDPMpp(**kwargs)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("params", [None, "configs/cifar10-ddpmpp.yaml"])
+def test_make_main_copies_the_chosen_config_before_dvc_repro(params):
+    args = ["make", "-n", "main"] + ([f"PARAMS={params}"] if params else [])
+    lines = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    repro = next(i for i, line in enumerate(lines) if "dvc repro" in line)
+    copies = [i for i, line in enumerate(lines) if line.startswith("cp ")]
+    if params is None:
+        assert copies == []  # the default `make main` runs params.yaml as it is
+    else:
+        assert lines[copies[0]] == f"cp {params} params.yaml" and copies[0] < repro
+        assert any("load_params" in line for line in lines[: copies[0]])  # validated before the copy
+
+
+@pytest.mark.parametrize("name", sorted(DDPMPP))
+def test_sweep_samples_like_the_evaluation(name):
+    params = load_params(CONFIGS / name)
+    if not hasattr(params, "sweep"):
+        pytest.skip("params.yaml has no sweep section in this version")
+    sweep, evaluate = params.sweep, params.evaluate
+    for key in ("z_min", "z_exp", "clip_prior", "features", "inception_path"):
+        assert getattr(sweep, key) == getattr(evaluate, key), key
+    rk45 = [solver for solver in sweep.solvers if solver.method == "dopri5"]
+    assert rk45 and SAMPLER["rtol"] in rk45[0].tolerances  # the paper's setting is one of the points
