@@ -236,7 +236,7 @@ def likelihood_metrics(model: TrainedModel, *, kind: str, data_dir: str, params:
             log_p.append(log_likelihood(model.net, batch.to(device), z_min=sampler.z_min, z_max=float(hp["z_max"]),
                                         method=params.bpd_method, rtol=sampler.rtol, atol=sampler.atol,
                                         steps=params.bpd_steps, gamma=float(hp.get("gamma", 5.0)),
-                                        z_exp=sampler.z_exp, hutchinson=params.hutchinson,
+                                        z_exp=params.bpd_z_exp, hutchinson=params.hutchinson,
                                         generator=generator).cpu())
         except ValueError as err:
             if "non-finite" not in str(err):
@@ -314,6 +314,7 @@ def _run_params(params: EvaluateParams, model: TrainedModel, plan: Plan, data_di
                 steps=params.steps, z_min=params.z_min, z_exp=params.z_exp, clip_prior=params.clip_prior,
                 num_samples=params.num_samples, batch_size=params.batch_size, seed=params.seed,
                 features=plan.features, hutchinson=params.hutchinson, bpd_images=params.bpd_images,
+                bpd_method=params.bpd_method, bpd_steps=params.bpd_steps, bpd_z_exp=params.bpd_z_exp,
                 objective=model.objective, model_path=model_path, data_dir=data_dir,
                 data_sha256=data.get("sha256"), **{f"hp.{k}": v for k, v in model.hyperparameters.items()},
                 untrained_method=method_name(model, untrained), untrained_steps=untrained.steps)

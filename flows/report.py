@@ -359,8 +359,10 @@ def encode_test_images(params: ReportParams, inputs: Inputs, data_dir: str,
     for index in torch.randperm(len(test), generator=generator)[: wanted * ENCODE_ATTEMPTS].tolist():
         image = test[index: index + 1].to(device)
         try:
+            # The network's own v_z on the way up (z_exp None): see pfgm.latent.interpolate.
             out = encode(inputs.model.net, image, z_min=params.z_min,
-                         z_max=float(inputs.model.hyperparameters["z_max"]), **_ode_kwargs(params, inputs.model))
+                         z_max=float(inputs.model.hyperparameters["z_max"]),
+                         **{**_ode_kwargs(params, inputs.model), "z_exp": None})
         except AssertionError as err:
             if not _gave_up(err):
                 raise
