@@ -38,3 +38,13 @@ def test_each_stage_runs_its_flow_and_depends_on_it(stages, stage):
     for dep in stages[stage]["deps"]:
         if "${" not in dep:
             assert (ROOT / dep).exists(), f"stage {stage} depends on missing {dep}"
+
+
+def test_the_default_run_sweeps_at_least_three_solvers_at_three_settings_then_reports(stages):
+    sweep = load_params(ROOT / "params.yaml").sweep
+    methods = {grid.method for grid in sweep.solvers}
+    assert len(methods) >= 3 and {"dopri5", "euler", "heun2"} <= methods
+    for grid in sweep.solvers:
+        assert len(grid.tolerances or grid.steps or []) >= 3, grid.method
+    # The report reads what the sweep and evaluate stages write: DVC runs them first.
+    assert "${sweep.table}" in stages["report"]["deps"] and "${evaluate.out}" in stages["report"]["deps"]
