@@ -11,7 +11,7 @@ import os
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from pfgm.ode import ADAPTIVE_METHODS, METHODS
 
@@ -29,6 +29,16 @@ DatasetName = Literal[
     "folder",
 ]
 TOY_NAMES = ("heart", "pfgm-text", "moons", "8gaussians", "checkerboard", "swissroll")
+
+
+def _own_folder(out: str) -> str:
+    # Output folders are replaced as a whole (data) or cleaned of their own files: never the project root.
+    if os.path.normpath(out) in (".", "..", "/"):
+        raise ValueError("must name a folder of its own")
+    return out
+
+
+OwnFolder = Annotated[str, AfterValidator(_own_folder)]
 
 
 class ParamsError(ValueError):
@@ -49,7 +59,7 @@ class DataParams(Section):
     root: str = "data/raw"
     """Folder holding raw files: <root>/cifar-10-batches-py, <root>/img_align_celeba,
     <root>/bedroom_train, or the image folder itself for `folder`. Unused by digits and toys."""
-    out: str = "data/prepared/digits"
+    out: OwnFolder = "data/prepared/digits"
     """The prepared folder (a DVC output); it is replaced as a whole."""
     seed: int = Field(0, ge=0)
     test_fraction: float = Field(0.167, gt=0.0, lt=1.0)
@@ -62,14 +72,6 @@ class DataParams(Section):
     """folder: 1 for greyscale, 3 for RGB."""
     max_images: int | None = Field(None, ge=2)
     """folder, celeba64, lsun-bedroom256: keep the first max_images files (sorted), or all."""
-
-    @field_validator("out")
-    @classmethod
-    def _out_is_a_subfolder(cls, out: str) -> str:
-        # The folder is deleted and replaced on every run: never the project root.
-        if os.path.normpath(out) in (".", "..", "/"):
-            raise ValueError("must name a folder of its own")
-        return out
 
 
 NetworkName = Literal["FieldMLP", "FieldConvNet", "DDPMpp"]
@@ -159,26 +161,26 @@ class EvaluateParams(Section):
     """Lower is better; the registered version with the lowest value holds the alias `champion`."""
 
 
+def _known_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"must be one of {', '.join(METHODS)}")
+    return method
+
+
 PositiveFloat = Annotated[float, Field(gt=0)]
+SolverMethod = Annotated[str, AfterValidator(_known_method)]
+"""A pfgm.ode.METHODS name (torchdiffeq's: dopri5 is RK45, heun2 is improved Euler)."""
 StepCount = Annotated[int, Field(ge=1)]
 
 
 class SolverGrid(Section):
     """One solver of the sweep: a torchdiffeq method and either its tolerances or its step counts."""
 
-    method: str
-    """Any pfgm.ode.METHODS (torchdiffeq's names: dopri5 is RK45, heun2 is improved Euler)."""
+    method: SolverMethod
     tolerances: list[PositiveFloat] | None = Field(None, min_length=1, validate_default=True)
     """Adaptive methods only: one point per value, with rtol = atol = the value."""
     steps: list[StepCount] | None = Field(None, min_length=1, validate_default=True)
     """Fixed-step methods only: one point per value, steps uniform in ln z."""
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, method: str) -> str:
-        if method not in METHODS:
-            raise ValueError(f"must be one of {', '.join(METHODS)}")
-        return method
 
     @field_validator("tolerances")
     @classmethod
@@ -244,7 +246,7 @@ PublishedData = Literal["auto", "cifar10", "celeba64", "lsun-bedroom256", "ffhq6
 class ReportParams(Section):
     """The `report` section: the table beside the published numbers, and the pictures."""
 
-    out: str = "reports"
+    out: OwnFolder = "reports"
     """Folder of table.csv, table.md and the pictures (a DVC output; only the report's own files change)."""
     seed: int = Field(0, ge=0)
     device: str = "auto"
@@ -265,8 +267,8 @@ class ReportParams(Section):
     """Factors on the latent (columns of temperature.png); 1 is plain sampling."""
     temperature_samples: int = Field(8, ge=1)
     """Prior draws decoded at every temperature (rows of temperature.png)."""
-    method: str = "dopri5"
-    """Solver of every encoding and decoding (pfgm.ode.METHODS); fixed-step methods need `steps`."""
+    method: SolverMethod = "dopri5"
+    """Solver of every encoding and decoding; fixed-step methods need `steps`."""
     rtol: float = Field(1e-4, gt=0)
     atol: float = Field(1e-4, gt=0)
     steps: int | None = Field(None, ge=1, validate_default=True)
@@ -279,13 +281,6 @@ class ReportParams(Section):
     animation_frames: int = Field(40, ge=2)
     """2D data: frames of flow.gif, heights uniform in sqrt(z) from z_max to z_min (pfgm.latent.flow_heights)."""
 
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, method: str) -> str:
-        if method not in METHODS:
-            raise ValueError(f"must be one of {', '.join(METHODS)}")
-        return method
-
     @field_validator("steps")
     @classmethod
     def _steps_for_fixed_step(cls, steps: int | None, info: ValidationInfo) -> int | None:
@@ -293,13 +288,6 @@ class ReportParams(Section):
         if method is not None and method not in ADAPTIVE_METHODS and steps is None:
             raise ValueError(f"method {method!r} is fixed-step and needs steps")
         return steps
-
-    @field_validator("out")
-    @classmethod
-    def _out_is_a_subfolder(cls, out: str) -> str:
-        if os.path.normpath(out) in (".", "..", "/"):
-            raise ValueError("must name a folder of its own")
-        return out
 
 
 class Params(Section):

@@ -53,3 +53,17 @@ def store(tmp_path_factory):
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         configure(root=root)
         yield root
+
+
+@pytest.fixture
+def tracking(store, tmp_path, monkeypatch):
+    """The module's store, selected afresh; the working folder is tmp_path (main() writes beside it)."""
+    import mlflow
+
+    from flows.tracking import configure
+
+    monkeypatch.chdir(tmp_path)
+    configure(root=store)
+    yield store
+    while mlflow.active_run() is not None:
+        mlflow.end_run()

@@ -14,7 +14,6 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from flows.params import EvaluateParams, ParamsError
-from flows.tracking import configure
 from pfgm import data as pdata
 from pfgm.networks.mlp import FieldMLP
 from pfgm.perturb import hyperparameters
@@ -65,16 +64,6 @@ def make_checkpoint(path: Path, *, data: torch.Tensor | None = None, steps: int 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory) -> Path:
     return digits_dir(tmp_path_factory)
-
-
-@pytest.fixture
-def tracking(store, tmp_path, monkeypatch):
-    """The module's store, selected afresh; the working folder is tmp_path (main() writes beside it)."""
-    monkeypatch.chdir(tmp_path)
-    configure(root=store)
-    yield store
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
 
 
 def small_params(tmp_path: Path, **overrides) -> EvaluateParams:

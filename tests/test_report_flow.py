@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from flows.params import ParamsError, ReportParams
-from flows.tracking import configure
 from pfgm import data as pdata
 from pfgm.published import PUBLISHED_CSV, load_published
 from test_evaluate_flow import make_checkpoint
@@ -63,16 +62,6 @@ def moons(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report_moons") / "prepared"
     pdata.write_prepared(pdata.build_toy("moons", n_points=400, seed=0, test_fraction=0.25), out)
     return out
-
-
-@pytest.fixture
-def tracking(store, tmp_path, monkeypatch):
-    """The module's store, selected afresh; the working folder is tmp_path (main() writes beside it)."""
-    monkeypatch.chdir(tmp_path)
-    configure(root=store)
-    yield store
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
 
 
 def small_params(tmp_path: Path, **overrides) -> ReportParams:

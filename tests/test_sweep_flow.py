@@ -14,7 +14,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.params import ParamsError, SweepParams
-from flows.tracking import configure
 from pfgm import data as pdata
 from test_evaluate_flow import digits_dir, make_checkpoint
 
@@ -33,15 +32,6 @@ def trained(tmp_path_factory, digits) -> Path:
     """A FieldMLP trained 20 steps on the digits (PFGM)."""
     data = pdata.load_split(digits, "train")
     return make_checkpoint(tmp_path_factory.mktemp("sweep_models") / "model.pt", data=data, steps=20)
-
-
-@pytest.fixture
-def tracking(store, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    configure(root=store)
-    yield store
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
 
 
 def small_params(tmp_path: Path, **overrides) -> SweepParams:
