@@ -23,7 +23,6 @@ Invalid settings fail before any MLflow run, with a message naming the key.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -39,7 +38,7 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.params import EvaluateParams, ParamsError, load_section
+from flows.params import EvaluateParams, ParamsError, load_sections, params_parser
 from flows.pyfunc_model import Generated, Sampler, TrainedModel, generate, load_trained, method_name, untrained_like
 from flows.registry import log_pyfunc, register
 from flows.tracking import configure, resolve_device
@@ -373,12 +372,8 @@ def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: read the data, train and evaluate sections, run the flow, print the metrics."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    data = load_section(args.params, "data")
-    train = load_section(args.params, "train")
-    params = load_section(args.params, "evaluate")
+    args = params_parser(__doc__).parse_args(argv)
+    data, train, params = load_sections(args.params, "data", "train", "evaluate")
     configure()
     result = evaluate(params, data_dir=data.out, model_path=str(Path(train.out) / MODEL_FILE))
     print(json.dumps(result, sort_keys=True))

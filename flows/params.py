@@ -7,6 +7,7 @@ path (`data.seed: ...`). To add a stage, write its section model here and add a 
 """
 from __future__ import annotations
 
+import argparse
 import os
 from typing import Annotated, Any, Literal
 
@@ -340,3 +341,15 @@ def load_section(path: str | os.PathLike, name: str) -> Section:
         return model.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(f"{path}: {_format_errors(err, name)}") from None
+
+
+def load_sections(path: str | os.PathLike, *names: str) -> tuple[Section, ...]:
+    """load_section for each name, in order: what one stage reads."""
+    return tuple(load_section(path, name) for name in names)
+
+
+def params_parser(doc: str) -> argparse.ArgumentParser:
+    """The flows' command line: `--params FILE` (default params.yaml), described by the module's first line."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return parser

@@ -8,7 +8,6 @@ any MLflow run is created.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from prefect import flow
 
 from flows.evaluate import MODEL_FILE, evaluate
-from flows.params import Params, load_params
+from flows.params import Params, load_params, params_parser
 from flows.prepare import prepare
 from flows.tracking import configure
 from flows.train import train
@@ -34,8 +33,7 @@ def pipeline(params: Params, root: str = ".", history: str | None = None) -> dic
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser = params_parser(__doc__)
     parser.add_argument("--history", default=None, help="also write the training history as CSV here")
     args = parser.parse_args(argv)
     result = pipeline(load_params(args.params), history=args.history)

@@ -8,14 +8,13 @@ manifest.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.params import TOY_NAMES, DataParams, load_section
+from flows.params import TOY_NAMES, DataParams, load_sections, params_parser
 from pfgm import data as pdata
 
 
@@ -78,10 +77,8 @@ def prepare(params: DataParams) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: read params.yaml's `data` section, run the flow, print the manifest."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_section(args.params, "data")
+    args = params_parser(__doc__).parse_args(argv)
+    (params,) = load_sections(args.params, "data")
     manifest = prepare(params)
     print(json.dumps({k: manifest[k] for k in ("name", "kind", "shape", "counts")}, sort_keys=True))
     return manifest

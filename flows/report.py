@@ -21,7 +21,6 @@ FINISHED, or FAILED on any error. Invalid settings and missing inputs fail befor
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import json
@@ -39,7 +38,7 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.params import ParamsError, ReportParams, load_section
+from flows.params import ParamsError, ReportParams, load_sections, params_parser
 from flows.pyfunc_model import Sampler, TrainedModel, generate, load_trained
 from flows.tracking import configure, resolve_device
 from flows.train import MODEL as MODEL_FILE
@@ -565,14 +564,9 @@ def report(params: ReportParams, data_dir: str, model_path: str, evaluate_path: 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: read data.out, train.out, evaluate.out, sweep.table (and num_samples) and `report`; run."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    data = load_section(args.params, "data")
-    train = load_section(args.params, "train")
-    evaluation = load_section(args.params, "evaluate")
-    sweep = load_section(args.params, "sweep")
-    params = load_section(args.params, "report")
+    args = params_parser(__doc__).parse_args(argv)
+    data, train, evaluation, sweep, params = load_sections(args.params, "data", "train", "evaluate", "sweep",
+                                                           "report")
     configure()
     result = report(params, data_dir=data.out, model_path=str(Path(train.out) / MODEL_FILE),
                     evaluate_path=evaluation.out, sweep_path=sweep.table, sweep_num_samples=sweep.num_samples)

@@ -16,7 +16,6 @@ until stopped. Trigger one by hand with `prefect deployment run evaluate-champio
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import mlflow
 from prefect import flow, get_run_logger
 
-from flows.params import load_section
+from flows.params import load_section, params_parser
 from flows.registry import champion
 from flows.sweep import SweepResult, run_sweep
 from flows.tracking import configure
@@ -84,9 +83,8 @@ def serve(params_path: str, cron: str, root: str = ".") -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     """Command line: `run` once now, or `serve` on a cron schedule."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = params_parser(__doc__)
     parser.add_argument("command", choices=("run", "serve"))
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--cron", default=DEFAULT_CRON, help=f"serve: cron schedule (default: {DEFAULT_CRON!r})")
     args = parser.parse_args(argv)
     if args.command == "serve":

@@ -38,7 +38,6 @@ Invalid settings fail before any MLflow run, with a message naming the key.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import tempfile
@@ -60,7 +59,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.evaluate import FidScorer, fid_scorer, resolve_features, sample_figure, write_json
-from flows.params import ParamsError, SweepParams, load_section
+from flows.params import ParamsError, SweepParams, load_sections, params_parser
 from flows.pyfunc_model import Generated, Sampler, TrainedModel, generate, load_trained, method_name
 from flows.tracking import configure, resolve_device
 from flows.train import MODEL as MODEL_FILE
@@ -376,12 +375,8 @@ def default_checkpoints(params: SweepParams, train_out: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> SweepResult:
     """Command line: read the data, train and sweep sections, run the sweep, print the summary."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    args = parser.parse_args(argv)
-    data = load_section(args.params, "data")
-    train = load_section(args.params, "train")
-    params = load_section(args.params, "sweep")
+    args = params_parser(__doc__).parse_args(argv)
+    data, train, params = load_sections(args.params, "data", "train", "sweep")
     configure()
     result = run_sweep(params, data_dir=data.out, checkpoints=default_checkpoints(params, train.out))
     print(json.dumps(result.summary, sort_keys=True))

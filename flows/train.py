@@ -23,7 +23,6 @@ written again, so the steps a resumed run re-trains are logged once and the hist
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -47,7 +46,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from torch import Tensor, nn
 
-from flows.params import DataParams, ParamsError, TrainParams, load_section
+from flows.params import DataParams, ParamsError, TrainParams, load_section, params_parser
 from flows.tracking import configure, resolve_device
 from pfgm import data as pdata
 from pfgm import ode, pfgmpp, prior, training
@@ -544,8 +543,7 @@ def train(params: TrainParams, data: DataParams, root: str = ".", history: str |
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: read params.yaml's `train` and `data` sections, run the flow, print the summary."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser = params_parser(__doc__)
     parser.add_argument("--history", default=None, help="also write the metric history as CSV to this file")
     args = parser.parse_args(argv)
     params = load_section(args.params, "train")
