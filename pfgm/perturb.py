@@ -52,6 +52,13 @@ def perturb(data: Tensor, *, M: int, sigma: float = 0.01, tau: float = 0.03, res
     return x, multiplier * z0
 
 
+def _mean_squared_norm(rows: Tensor, chunk_elements: int = 2 ** 24) -> float:
+    """E||y||^2 over the rows, summed in float64 a chunk at a time (CIFAR-10 whole in float64 is 1.2 GB)."""
+    chunk = max(1, chunk_elements // rows.shape[1])
+    total = sum(float(part.double().square().sum()) for part in torch.split(rows, chunk))
+    return total / rows.shape[0]
+
+
 def hyperparameters(data: Tensor, *, sigma: float = 0.01, tau: float = 0.03) -> dict:
     """M, z_max and upper_norm for a data set, from its own statistics (PFGM.md section 2).
 
@@ -65,7 +72,7 @@ def hyperparameters(data: Tensor, *, sigma: float = 0.01, tau: float = 0.03) -> 
     check_positive("sigma", sigma)
     check_positive("tau", tau)
     dims = math.prod(data.shape[1:])
-    mean_sq_norm = float(data.reshape(data.shape[0], -1).double().square().sum(dim=1).mean())
+    mean_sq_norm = _mean_squared_norm(data.reshape(data.shape[0], -1))
     ratio = mean_sq_norm / (2.0 * math.sqrt(dims) * sigma ** 2)
     if ratio <= 1.0:
         raise ValueError(f"data has mean squared norm {mean_sq_norm:.3g}, too small for sigma={sigma}: "

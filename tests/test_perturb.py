@@ -95,3 +95,13 @@ def test_bad_input_names_the_argument():
         perturb(torch.full((2, 3), math.nan), M=5)
     with pytest.raises(ValueError, match="data"):
         hyperparameters(torch.zeros(4, 3))
+
+
+def test_data_statistics_do_not_depend_on_the_chunking():
+    # hyperparameters sums ||y||^2 a chunk at a time in float64; any chunk size gives the same mean.
+    from pfgm.perturb import _mean_squared_norm
+
+    rows = torch.randn(1001, 37, generator=torch.Generator().manual_seed(0)) * 3
+    expected = float(rows.double().square().sum(dim=1).mean())
+    for chunk_elements in (1, 37, 1000, 10 ** 6):
+        assert _mean_squared_norm(rows, chunk_elements) == pytest.approx(expected, rel=1e-12)

@@ -56,20 +56,22 @@ __all__ = [
 
 MAX_POSITIONS = 10_000  # of the sinusoidal embedding, as DDPM
 
-_CIFAR10 = dict(
-    image_size=32, channels=3, nf=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4, attn_resolutions=[16],
-    dropout=0.1, skip_rescale=True, embedding="positional", fourier_scale=16.0, init_scale=0.0,
-)  # fmt: skip
+def _cifar10_like(**changes: Any) -> dict[str, Any]:
+    """The CIFAR-10 DDPM++ kwargs with `changes`, built afresh (no list shared between configurations)."""
+    config = dict(
+        image_size=32, channels=3, nf=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4, attn_resolutions=[16],
+        dropout=0.1, skip_rescale=True, embedding="positional", fourier_scale=16.0, init_scale=0.0,
+    )  # fmt: skip
+    return {**config, **changes}
+
 
 # The released PFGM configurations (Newbeeer/Poisson_flow configs/poisson/*_ddpmpp*.py), checked against
 # the official state-dict listings in shared/reference/ddpmpp/*.tsv.
 RELEASED_CONFIGS: dict[str, dict[str, Any]] = {
-    "cifar10": _CIFAR10,
-    "cifar10_deep": {**_CIFAR10, "num_res_blocks": 8},
-    "celeba64": {**_CIFAR10, "image_size": 64},
-    "bedroom256": {
-        **_CIFAR10, "image_size": 256, "ch_mult": [1, 1, 2, 2, 4, 4], "num_res_blocks": 2, "dropout": 0.0,
-    },  # fmt: skip
+    "cifar10": _cifar10_like(),
+    "cifar10_deep": _cifar10_like(num_res_blocks=8),
+    "celeba64": _cifar10_like(image_size=64),
+    "bedroom256": _cifar10_like(image_size=256, ch_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=2, dropout=0.0),
 }
 
 
