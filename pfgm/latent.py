@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from pfgm._checks import check_finite, check_tensor
-from pfgm.ode import Model, ODEResult, encode, sample
+from pfgm.ode import Model, ODEResult, encode, sample, sample_path
 
 #: |u + v| of unit directions below this: opposite directions, no unique great circle between them.
 _OPPOSITE = 1e-6
@@ -167,20 +167,16 @@ def flow_heights(z_max: float, z_min: float, frames: int) -> Tensor:
 def record_trajectories(model: Model, x: Tensor, heights: Tensor, **ode: Any) -> Trajectory:
     """Follow field lines down through the given heights, keeping the state at each of them.
 
-    Each stretch between two consecutive heights is one pfgm.ode.sample call (fixed-step methods take
-    `steps` per stretch), so the states are the solver's own, not interpolations of them.
+    One solve through all heights (pfgm.ode.sample_path; fixed-step methods take `steps` per stretch),
+    so the states are the solver's own, not interpolations of them.
     Args:
         x: (B, *S) on the plane z = heights[0].
         heights: (T,) decreasing heights, T >= 2 (e.g. `flow_heights`, or exp of pfgm.ode.ln_z_grid).
-        ode: keyword arguments of pfgm.ode.sample (method, rtol, atol, steps, gamma, z_exp, options).
+        ode: keyword arguments of pfgm.ode.sample_path (method, rtol, atol, steps, gamma, z_exp, options).
     Returns: Trajectory with x (T, B, *S) (x[0] is the input) and z = heights as float64.
     """
     heights = torch.as_tensor(heights, dtype=torch.float64).cpu()
-    if heights.dim() != 1 or len(heights) < 2 or not bool((heights.diff() < 0).all()) or heights[-1] <= 0:
-        raise ValueError(f"heights must be T >= 2 positive, strictly decreasing values, got {heights.tolist()}")
-    states, nfe = [x], 0
-    for upper, lower in zip(heights[:-1].tolist(), heights[1:].tolist()):
-        out = sample(model, states[-1], z_max=upper, z_min=lower, **ode)
-        states.append(out.x)
-        nfe += out.nfe
-    return Trajectory(x=torch.stack(states), z=heights, nfe=nfe)
+    if heights.dim() != 1:
+        raise ValueError(f"heights must be one-dimensional, got shape {tuple(heights.shape)}")
+    path = sample_path(model, x, heights=heights.tolist(), **ode)
+    return Trajectory(x=path.x, z=heights, nfe=path.nfe)

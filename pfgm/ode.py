@@ -152,6 +152,42 @@ def sample(model: Model, x: Tensor, *, z_max: float, z_min: float, method: str =
                  gamma=gamma, z_exp=z_exp, callback=callback, options=options)
 
 
+def _path_grid(method: str, heights: list[float], steps: int | None, device) -> tuple[Tensor, Tensor]:
+    """The ln z grid of one solve through every height, and the positions of the heights in it.
+
+    Adaptive methods get the heights themselves (torchdiffeq reports the state at each); fixed-step
+    methods take `steps` uniform steps in ln z across every stretch between consecutive heights.
+    """
+    if method in ADAPTIVE_METHODS:
+        grid = torch.tensor([math.log(h) for h in heights], dtype=torch.float64, device=device)
+        return grid, torch.arange(len(heights), device=device)
+    stretches = [ln_z_grid(upper, lower, steps, device=device)[:-1] for upper, lower in zip(heights, heights[1:])]
+    end = torch.tensor([math.log(heights[-1])], dtype=torch.float64, device=device)
+    return torch.cat([*stretches, end]), torch.arange(len(heights), device=device) * steps
+
+
+def sample_path(model: Model, x: Tensor, *, heights: list[float], method: str = "dopri5", rtol: float = 1e-4,
+                atol: float = 1e-4, steps: int | None = None, gamma: float = 5.0, z_exp: float | None = None,
+                options: dict | None = None) -> ODEResult:
+    """`sample` through several heights in one solve, keeping the state at each of them.
+
+    heights: T >= 2 strictly decreasing positive values; x (B, *S) lies on the plane z = heights[0].
+    Fixed-step methods take `steps` per stretch between consecutive heights. Returns ODEResult with
+    x of shape (T, B, *S), x[0] being the input.
+    """
+    heights = [float(h) for h in heights]
+    if len(heights) < 2 or heights[-1] <= 0 or any(b >= a for a, b in zip(heights, heights[1:])):
+        raise ValueError(f"heights must be T >= 2 positive, strictly decreasing values, got {heights}")
+    check_finite("x", check_tensor("x", x, min_dim=2))
+    _check_method(method, steps)
+    drift = _FieldLineDrift(model, x.shape, gamma=gamma, z_exp=z_exp, callback=None)
+    grid, kept = _path_grid(method, heights, steps, x.device)
+    with torch.no_grad():
+        solution = odeint(drift, x.reshape(x.shape[0], -1), grid, rtol=rtol, atol=atol, method=method,
+                          options={**METHOD_OPTIONS.get(method, {}), **(options or {})})
+    return ODEResult(x=solution[kept].reshape(len(heights), *x.shape), nfe=drift.nfe)
+
+
 def encode(model: Model, x: Tensor, *, z_min: float, z_max: float, method: str = "dopri5",
            rtol: float = 1e-4, atol: float = 1e-4, steps: int | None = None, gamma: float = 5.0,
            z_exp: float | None = None, callback: Callback | None = None,

@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from pfgm.field import normalized_field
-from pfgm.ode import ADAPTIVE_METHODS, METHODS, encode, ln_z_grid, sample
+from pfgm.ode import ADAPTIVE_METHODS, METHODS, encode, ln_z_grid, sample, sample_path
 from pfgm.prior import sample_prior
 
 
@@ -177,3 +177,23 @@ def test_non_physical_positive_v_z_is_replaced(generator):
     truth = sample(model, start, z_max=20.0, z_min=1e-2, rtol=1e-8, atol=1e-8).x
     guarded = sample(wrong_sign, start, z_max=20.0, z_min=1e-2, rtol=1e-8, atol=1e-8).x
     torch.testing.assert_close(guarded, truth, rtol=1e-4, atol=1e-4)
+
+
+def test_sample_path_keeps_the_states_one_solve_passes_through(generator):
+    # A fixed-step path is exactly the chain of single solves over each stretch (same grid points);
+    # an adaptive path agrees with them within the tolerance, and both end where one solve ends.
+    charges = torch.randn(16, 2, generator=generator)
+    model = exact_model(charges)
+    start = sample_prior(32, (2,), z_max=20.0, generator=generator)
+    heights = [20.0, 5.0, 0.5, 1e-2]
+    path = sample_path(model, start, heights=heights, method="rk4", steps=4)
+    states = [start]
+    for upper, lower in zip(heights, heights[1:]):
+        states.append(sample(model, states[-1], z_max=upper, z_min=lower, method="rk4", steps=4).x)
+    torch.testing.assert_close(path.x, torch.stack(states), rtol=1e-5, atol=1e-5)
+    assert path.x.shape == (4, 32, 2) and path.nfe == 4 * 3 * 4  # rk4: 4 evaluations a step
+    adaptive = sample_path(model, start, heights=heights, rtol=1e-7, atol=1e-7)
+    single = sample(model, start, z_max=20.0, z_min=1e-2, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(adaptive.x[-1], single.x, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        sample_path(model, start, heights=[1.0, 2.0])
