@@ -67,3 +67,13 @@ def tracking(store, tmp_path, monkeypatch):
     yield store
     while mlflow.active_run() is not None:
         mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def ref():
+    """The official DDPM++ reference folder; tests that need it skip when shared/ is not beside the repo."""
+    from official import REFERENCE
+
+    if not (REFERENCE / "tiny_ddpmpp_checkpoint.pth").is_file():
+        pytest.skip(f"reference fixture folder {REFERENCE} not found (shared/ must be a sibling of the repo root)")
+    return REFERENCE

@@ -16,11 +16,11 @@ import torch
 
 from flows.params import load_params
 from flows.train import network_kwargs
+from official import REFERENCE, read_tsv
 from pfgm.networks.ddpmpp import RELEASED_CONFIGS, DDPMpp, to_official_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-REF = ROOT.parent / "shared" / "reference" / "ddpmpp"
 
 # One entry per PFGM DDPM++ configuration. Sources:
 #   batch_size / small_batch: section 1 (charges 4096, 512, 32; small batch 128, 128, 32);
@@ -76,13 +76,8 @@ def tsv_parameters(path: Path) -> dict[str, tuple[int, ...]]:
     """Official key -> shape of every trainable parameter listed in a state-dict TSV."""
     if not path.is_file():
         pytest.skip(f"{path} not found (shared/reference/ddpmpp must be a sibling of the repo root)")
-    rows = {}
-    for line in path.read_text().splitlines()[1:]:
-        if line and not line.startswith("#"):
-            key, shape, _dtype, _numel, kind = line.split("\t")
-            if kind == "param":
-                rows[key.removeprefix("module.")] = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-    return rows
+    rows, _totals = read_tsv(path)
+    return {key.removeprefix("module."): shape for key, shape, _dtype, kind in rows if kind == "param"}
 
 
 def test_the_expected_configurations_are_there():
@@ -109,7 +104,7 @@ def test_ddpmpp_config_builds_the_released_network(name):
     with torch.device("meta"):
         net = DDPMpp(**kwargs)
     official = {k.removeprefix("module."): tuple(t.shape) for k, t in to_official_state_dict(net, prefix="").items()}
-    listed = tsv_parameters(REF / expected["tsv"])
+    listed = tsv_parameters(REFERENCE / expected["tsv"])
     assert sum(p.numel() for p in net.parameters()) == sum(torch.Size(s).numel() for s in listed.values())
     assert official == listed  # same keys and shapes, not only the same count
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from official import read_tsv
 from pfgm.networks.ddpmpp import (
     RELEASED_CONFIGS,
     DDPMpp,
@@ -20,7 +21,6 @@ from pfgm.networks.ddpmpp import (
     to_official_state_dict,
 )
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "ddpmpp"
 TSVS = {
     "cifar10": "ddpmpp_cifar10_state_dict.tsv",
     "cifar10_deep": "cifar10_ddpmpp_deep_state_dict.tsv",
@@ -31,13 +31,6 @@ TINY = dict(image_size=8, channels=3, nf=16, ch_mult=[1, 2], num_res_blocks=1, a
 
 
 @pytest.fixture(scope="module")
-def ref() -> Path:
-    if not (REF / "tiny_ddpmpp_checkpoint.pth").is_file():
-        pytest.skip(f"reference fixture folder {REF} not found (shared/ must be a sibling of the repo root)")
-    return REF
-
-
-@pytest.fixture(scope="module")
 def tiny_config(ref: Path) -> dict:
     return json.loads((ref / "tiny_ddpmpp_config.json").read_text())
 
@@ -45,19 +38,6 @@ def tiny_config(ref: Path) -> dict:
 @pytest.fixture(scope="module")
 def tiny_io(ref: Path) -> dict:
     return torch.load(ref / "tiny_ddpmpp_io.pt", weights_only=True)
-
-
-def read_tsv(path: Path) -> tuple[list[tuple[str, tuple[int, ...], str, str]], dict[str, int]]:
-    """Rows (key, shape, dtype, kind) and the '# name value' totals of a state-dict listing."""
-    rows, totals = [], {}
-    for line in path.read_text().splitlines()[1:]:
-        if line.startswith("#"):
-            name, value = line[1:].split()
-            totals[name] = int(value)
-        elif line:
-            key, shape, dtype, _numel, kind = line.split("\t")
-            rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype, kind))
-    return rows, totals
 
 
 def official_listing(net: DDPMpp) -> list[tuple[str, tuple[int, ...], str]]:

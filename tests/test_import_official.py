@@ -30,7 +30,6 @@ from pfgm import data as pdata
 from pfgm.networks.ddpmpp import RELEASED_CONFIGS, kwargs_from_official
 from pfgm.perturb import prior_range
 
-REF = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "ddpmpp"
 TINY_SHAPE = [3, 16, 16]  # tiny_ddpmpp_config.json: 3 channels, image_size 16
 TINY_M = 291  # the tiny config has no training.M; CIFAR-10's (PFGM.md section 2)
 
@@ -43,13 +42,6 @@ PUBLISHED = {
     "celeba64_ddpmpp": (291, 60.0, 6000.0),
     "bedroom_ddpmpp": (356, 100.0, 30000.0),
 }
-
-
-@pytest.fixture(scope="module")
-def ref() -> Path:
-    if not (REF / "tiny_ddpmpp_checkpoint.pth").is_file():
-        pytest.skip(f"reference fixture folder {REF} not found (shared/ must be a sibling of the repo root)")
-    return REF
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,19 @@
+"""The official DDPM++ reference data in ../shared/reference/ddpmpp (beside the repository root)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ddpmpp"
+
+
+def read_tsv(path: Path) -> tuple[list[tuple[str, tuple[int, ...], str, str]], dict[str, int]]:
+    """Rows (key, shape, dtype, kind) and the '# name value' totals of a state-dict listing."""
+    rows, totals = [], {}
+    for line in path.read_text().splitlines()[1:]:
+        if line.startswith("#"):
+            name, value = line[1:].split()
+            totals[name] = int(value)
+        elif line:
+            key, shape, dtype, _numel, kind = line.split("\t")
+            rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype, kind))
+    return rows, totals
