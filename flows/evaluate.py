@@ -98,6 +98,17 @@ def expected_metrics(params: EvaluateParams, kind: str, features: str | None, ob
     return tuple(keys)
 
 
+def check_model_fits(model: TrainedModel, path: str, *, z_min: float, section: str, manifest: dict[str, Any],
+                     data_dir: str) -> None:
+    """The model samples the data's shape and, for PFGM, z_min lies below its z_max (ParamsError naming
+    <section>.z_min otherwise): the checks every flow that samples a checkpoint makes before its run."""
+    z_max = model.hyperparameters.get("z_max")
+    if model.objective == "pfgm" and z_min >= float(z_max):
+        raise ParamsError(f"{section}.z_min: must be below the z_max {z_max} of {path}, got {z_min}")
+    if model.shape != tuple(manifest["shape"]):
+        raise ValueError(f"{path} samples shape {model.shape} but {data_dir} holds {tuple(manifest['shape'])}")
+
+
 def check_inputs(params: EvaluateParams, data_dir: str, model_path: str) -> tuple[Plan, TrainedModel]:
     """Every check that can fail before the MLflow run: params, files, the checkpoint, Inception."""
     if params.method not in METHODS:
@@ -115,11 +126,7 @@ def check_inputs(params: EvaluateParams, data_dir: str, model_path: str) -> tupl
     if features == "inception":
         pmetrics.check_inception(params.inception_path)
     model = load_trained(model_path, device=resolve_device(params.device))
-    z_max = model.hyperparameters.get("z_max")
-    if model.objective == "pfgm" and params.z_min >= float(z_max):
-        raise ParamsError(f"evaluate.z_min: must be below the model's z_max {z_max}, got {params.z_min}")
-    if model.shape != tuple(manifest["shape"]):
-        raise ValueError(f"the model samples shape {model.shape} but {data_dir} holds {tuple(manifest['shape'])}")
+    check_model_fits(model, model_path, z_min=params.z_min, section="evaluate", manifest=manifest, data_dir=data_dir)
     keys = expected_metrics(params, manifest["kind"], features, model.objective)
     if params.register_model and params.champion_metric not in keys:
         raise ParamsError(f"evaluate.champion_metric: {params.champion_metric!r} is not computed for this "

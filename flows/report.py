@@ -38,7 +38,8 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.params import ParamsError, ReportParams, load_sections, params_parser
+from flows.evaluate import check_model_fits
+from flows.params import ReportParams, load_sections, params_parser
 from flows.pyfunc_model import Sampler, TrainedModel, generate, load_trained
 from flows.tracking import configure, resolve_device
 from flows.train import MODEL as MODEL_FILE
@@ -153,11 +154,7 @@ def check_inputs(params: ReportParams, data_dir: str, model_path: str, evaluate_
     published = load_published(_require(params.published, "report.published",
                                         "the published numbers ship with the repository as paper/published.csv"))
     model = load_trained(model_path, device=resolve_device(params.device))
-    if model.shape != tuple(manifest["shape"]):
-        raise ValueError(f"the model samples shape {model.shape} but {data_dir} holds {tuple(manifest['shape'])}")
-    z_max = model.hyperparameters.get("z_max")
-    if model.objective == "pfgm" and params.z_min >= float(z_max):
-        raise ParamsError(f"report.z_min: must be below the model's z_max {z_max}, got {params.z_min}")
+    check_model_fits(model, model_path, z_min=params.z_min, section="report", manifest=manifest, data_dir=data_dir)
     return Inputs(kind=manifest["kind"], name=manifest["name"], model=model, evaluation=evaluation, sweep=sweep,
                   published=published, table_data=resolve_table_data(params, manifest["name"], published))
 

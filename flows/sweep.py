@@ -58,7 +58,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.evaluate import FidScorer, fid_scorer, resolve_features, sample_figure, write_json
+from flows.evaluate import FidScorer, check_model_fits, fid_scorer, resolve_features, sample_figure, write_json
 from flows.params import ParamsError, SweepParams, load_sections, params_parser
 from flows.pyfunc_model import Generated, Sampler, TrainedModel, generate, load_trained, method_name
 from flows.tracking import configure, resolve_device
@@ -143,14 +143,6 @@ def grid_samplers(params: SweepParams, objective: str) -> list[tuple[str, Sample
     return settings
 
 
-def _check_model(model: TrainedModel, path: str, params: SweepParams, manifest: dict, data_dir: str) -> None:
-    z_max = model.hyperparameters.get("z_max")
-    if model.objective == "pfgm" and params.z_min >= float(z_max):
-        raise ParamsError(f"sweep.z_min: must be below the z_max {z_max} of {path}, got {params.z_min}")
-    if model.shape != tuple(manifest["shape"]):
-        raise ValueError(f"{path} samples shape {model.shape} but {data_dir} holds {tuple(manifest['shape'])}")
-
-
 def check_inputs(params: SweepParams, data_dir: str, checkpoints: list[str],
                  labels: list[str] | None = None) -> Plan:
     """Every check that can fail before an MLflow run: files, features, Inception, the checkpoints."""
@@ -171,7 +163,7 @@ def check_inputs(params: SweepParams, data_dir: str, checkpoints: list[str],
     models, points = {}, []
     for path, label in zip(checkpoints, labels):
         model = load_trained(path, device=device)
-        _check_model(model, path, params, manifest, data_dir)
+        check_model_fits(model, path, z_min=params.z_min, section="sweep", manifest=manifest, data_dir=data_dir)
         models[label] = model
         points += [Point(checkpoint=label, solver=name, method=method_name(model, sampler),
                          sampler=sampler) for name, sampler in grid_samplers(params, model.objective)]
