@@ -114,6 +114,9 @@ class TrainParams(Section):
     warmup: int = Field(100, ge=0)
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
+    ema_warmup: bool = True
+    """The official EMA warm-up: decay min(ema_decay, (1 + n) / (10 + n)) at update n, so that a short run
+    keeps none of its initial weights in the average (pfgm.training.ema); false: the constant ema_decay."""
     flip: bool = False
     amp: bool = False
     compile: bool = False

@@ -1,6 +1,8 @@
 """The training loop: warm-up, flips, batches, clipping, EMA, AMP, callbacks, divergence."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from pfgm.data.store import random_hflip
 from pfgm.networks.mlp import FieldMLP
 from pfgm.training import (DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, create_state,
                            tensor_batches, train, train_step)
+from pfgm.training.ema import EMA, DecaySchedule
 from pfgm.training.loop import build_forward, learning_rate
 
 
@@ -79,16 +82,50 @@ def test_training_reduces_the_pfgm_loss(toy_data):
 
 
 def test_ema_is_the_exponential_average_of_the_weights(toy_data):
-    config = TrainConfig(steps=4, batch_size=32, lr=1e-2, warmup=0, ema_decay=0.6)
+    config = TrainConfig(steps=4, batch_size=32, lr=1e-2, warmup=0, ema_decay=0.6, ema_warmup=False)
     state = _state(config)
+    expected = [p.detach().clone() for p in state.net.parameters()]  # the average starts at the initial weights
     snapshots = []
     train(state, PFGMLoss(M=30, small_batch=8), toy_data, config, progress=False,
           on_step=lambda r: snapshots.append([p.detach().clone() for p in state.net.parameters()]))
-    expected = snapshots[0]  # the first update copies the weights
-    for weights in snapshots[1:]:
+    for weights in snapshots:
         expected = [0.6 * e + 0.4 * w for e, w in zip(expected, weights)]
     for e, p in zip(expected, state.ema.module.parameters()):
         torch.testing.assert_close(p, e)
+
+
+def _weight_on_initial(schedule: DecaySchedule, updates: int) -> float:
+    """Run the EMA of a one-parameter network whose weight is 1 at step 0 and 0 afterwards."""
+    net = torch.nn.Linear(1, 1, bias=False, dtype=torch.float64)
+    torch.nn.init.ones_(net.weight)
+    ema = EMA(net, schedule)
+    torch.nn.init.zeros_(net.weight)
+    for _ in range(updates):
+        ema.update(net)
+    return float(ema.module.weight)
+
+
+def test_ema_warmup_leaves_almost_nothing_on_the_initial_weights():
+    # score_sde's ExponentialMovingAverage: decay_n = min(decay, (1 + n) / (10 + n)) at update n = 1, 2, ...
+    # Within the warm-up the product telescopes to 10! (T+1)! / (T+10)!.
+    for updates in (1, 5, 40):
+        closed_form = math.factorial(10) * math.factorial(updates + 1) / math.factorial(updates + 10)
+        assert _weight_on_initial(DecaySchedule(0.999), updates) == pytest.approx(closed_form, rel=1e-9)
+    assert _weight_on_initial(DecaySchedule(0.999), 2500) < 1e-20
+    # without the warm-up the default run keeps decay^T = 8% of its random initial weights
+    assert _weight_on_initial(DecaySchedule(0.999, warmup=False), 2500) == pytest.approx(0.999 ** 2500, rel=1e-9)
+    # past the warm-up the decay is capped: updates 1..3 with decay 0.3 use min(0.3, 2/11, 3/12, 4/13)
+    assert _weight_on_initial(DecaySchedule(0.3), 3) == pytest.approx((2 / 11) * 0.25 * 0.3, rel=1e-12)
+
+
+def test_ema_schedule_counts_updates_across_a_state_dict_round_trip():
+    net = torch.nn.Linear(2, 1)
+    ema = EMA(net, DecaySchedule(0.99))
+    for _ in range(3):
+        ema.update(net)
+    copy = EMA(torch.nn.Linear(2, 1), DecaySchedule(0.99))
+    copy.load_state_dict(ema.state_dict())
+    assert int(copy.num_updates) == 3 and copy.update(net) == pytest.approx(5 / 14)
 
 
 def test_gradients_are_clipped_and_the_norm_reported_before_clipping(toy_data):

@@ -3,8 +3,8 @@
 A checkpoint is one `torch.save` of a dict:
     format        "pfgm-checkpoint"; version 1
     network       {"class": a key of NETWORKS, "config": JSON string of the network's kwargs}
-    model, ema    state dicts of the bare network and of its `AveragedModel` EMA ("module."-prefixed
-                  weights and "n_averaged")
+    model, ema    state dicts of the bare network and of its EMA (pfgm.training.ema: "module."-prefixed
+                  weights and "num_updates")
     optimizer     Adam's state dict
     step          completed optimisation steps
     rng           {"torch_cpu": torch.get_rng_state(), "generator": the training generator's state,

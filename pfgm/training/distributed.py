@@ -95,8 +95,10 @@ def _arguments(argv=None) -> argparse.Namespace:
     for field, kind in (("batch_size", int), ("lr", float), ("warmup", int),
                         ("grad_clip", float), ("ema_decay", float), ("checkpoint_every", int)):
         parser.add_argument("--" + field.replace("_", "-"), type=kind, default=None)
-    for flag in ("flip", "amp", "compile"):
-        parser.add_argument("--" + flag, action="store_true")
+    for flag in ("flip", "amp", "compile"):  # None when absent: TrainConfig's default stands
+        parser.add_argument("--" + flag, action="store_true", default=None)
+    parser.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_false", default=None,
+                        help="a constant EMA decay instead of the official warm-up")
     return parser.parse_args(argv)
 
 
@@ -106,7 +108,7 @@ def main(argv=None) -> None:
     info = init_from_env()
     try:
         settings = {k: v for k, v in vars(args).items()
-                    if k in TrainConfig.__dataclass_fields__ and v is not None and v is not False}
+                    if k in TrainConfig.__dataclass_fields__ and v is not None}
         config = TrainConfig(**settings)
         data = torch.load(args.data, map_location="cpu", weights_only=True).float()
         if args.objective == "pfgm":

@@ -86,7 +86,7 @@ def train_step(state: TrainState, forward, loss_fn: Loss, batch: Tensor, config:
     if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
         raise DivergenceError(state.step + 1, loss_value, norm_value)
     state.optimizer.step()
-    state.ema.update_parameters(state.net)
+    state.ema.update(state.net)
     state.step += 1
     return dict(step=state.step, loss=loss_value, grad_norm=norm_value, lr=lr)
 

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from pfgm.training.ema import EMA, DecaySchedule
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,8 @@ class TrainConfig:
     steps: total optimisation steps of the run (a resumed run continues up to it).
     batch_size: rows drawn per step when the data is a tensor (for PFGM: the large batch, the charges).
     lr, betas, eps: Adam. warmup: steps of linear learning-rate warm-up (0: none).
-    grad_clip: max global gradient norm, None for no clipping. ema_decay: per-step EMA decay.
+    grad_clip: max global gradient norm, None for no clipping. ema_decay: the EMA's decay;
+    ema_warmup: the official warm-up min(ema_decay, (1 + n) / (10 + n)) at update n (pfgm.training.ema).
     flip: random horizontal flips (image batches (B, C, H, W) only).
     amp: bf16 autocast of the network (the physics stays float32). compile: torch.compile the network.
     checkpoint_every: write a checkpoint every this many steps (None: never).
@@ -29,6 +31,7 @@ class TrainConfig:
     warmup: int = 5000
     grad_clip: float | None = 1.0
     ema_decay: float = 0.9999
+    ema_warmup: bool = True
     flip: bool = False
     amp: bool = False
     compile: bool = False
@@ -57,14 +60,14 @@ class TrainConfig:
 class TrainState:
     """Everything a resumed run needs: `net` is the bare network (never a DDP or compiled wrapper)."""
     net: nn.Module
-    ema: AveragedModel
+    ema: EMA
     optimizer: torch.optim.Adam
     generator: torch.Generator
     step: int = 0
 
 
 def create_state(net: nn.Module, config: TrainConfig, generator: torch.Generator) -> TrainState:
-    """Adam and an EMA copy (`AveragedModel` with `get_ema_multi_avg_fn`) for `net`, at step 0."""
+    """Adam and an EMA copy of `net` (starting at its current weights), at step 0."""
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=tuple(config.betas), eps=config.eps)
-    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    ema = EMA(net, DecaySchedule(config.ema_decay, warmup=config.ema_warmup))
     return TrainState(net=net, ema=ema, optimizer=optimizer, generator=generator)
