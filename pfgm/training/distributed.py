@@ -70,11 +70,14 @@ def train_ddp(state: TrainState, loss_fn, data, config: TrainConfig, info: DistI
 
     `state.generator` must be seeded identically on every process, and `loss_fn` built with this
     process's rank and world size (see the module docstring). DDP broadcasts rank 0's weights at
-    construction, so all processes start from the same network.
+    construction and the EMA (which starts at the initial weights) is broadcast here, so all processes
+    start from the same network and the same average.
     """
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     forward = build_forward(DistributedDataParallel(state.net, device_ids=device_ids),
                             amp=config.amp, compile=config.compile)
+    for tensor in state.ema.state_dict().values():
+        dist.broadcast(tensor, src=0)
     writer = info.rank == 0
     return train(state, loss_fn, data, config, forward=forward, checkpoint_dir=checkpoint_dir if writer else None,
                  progress=progress and writer, **callbacks)
