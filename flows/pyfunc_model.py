@@ -15,6 +15,7 @@ Output: float32 array (num_samples, *S), images in [-1, 1] (or points).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from pfgm import pfgmpp
-from pfgm.networks.edm import EDMPrecond
+from pfgm.networks.edm import precondition
 from pfgm.ode import sample
 from pfgm.prior import sample_prior
 from pfgm.training.checkpoint import NETWORKS, build_network, load_checkpoint
@@ -117,7 +118,7 @@ def _sample_batch(model: TrainedModel, n: int, sampler: Sampler, generator: torc
     if model.objective == "pfgmpp":
         start = pfgmpp.sample_prior(n, model.shape, D=int(hp["D"]), generator=generator, device=device)
         grid = pfgmpp.sigma_grid(sampler.steps or HEUN_STEPS, device=device)
-        out = pfgmpp.heun(EDMPrecond(model.net), start, grid)
+        out = pfgmpp.heun(functools.partial(precondition, model.net), start, grid)
         return out.x, out.nfe
     upper_norm = float(hp["upper_norm"]) if sampler.clip_prior else None
     start = sample_prior(n, model.shape, z_max=float(hp["z_max"]), upper_norm=upper_norm, generator=generator,

@@ -8,7 +8,7 @@ import torch
 
 from pfgm import pfgmpp
 from pfgm.field import normalized_field
-from pfgm.networks.edm import EDMPrecond, edm_coefficients, precondition
+from pfgm.networks.edm import edm_coefficients, precondition
 from pfgm.networks.mlp import FieldMLP
 from pfgm.perturb import perturb
 from pfgm.training.losses import PFGMLoss, PFGMppLoss, shard_rows
@@ -123,10 +123,3 @@ def test_pfgmpp_loss_ignores_the_z_component():
     assert float(net.output.weight.grad[-1].abs().sum()) == 0.0
     assert float(net.output.bias.grad[-1].abs()) == 0.0
     assert math.isfinite(float(net.output.weight.grad.abs().sum()))
-
-
-def test_edm_precond_module_is_the_functional_denoiser():
-    net = FieldMLP(data_shape=(3,), hidden=8, depth=1, embed_dim=4)
-    x, sigma = torch.randn(4, 3), torch.tensor([0.01, 0.5, 2.0, 80.0])
-    torch.testing.assert_close(EDMPrecond(net)(x, sigma), precondition(net, x, sigma))
-    assert set(EDMPrecond(net).state_dict()) == {"net." + k for k in net.state_dict()}
