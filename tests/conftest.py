@@ -77,3 +77,13 @@ def ref():
     if not (REFERENCE / "tiny_ddpmpp_checkpoint.pth").is_file():
         pytest.skip(f"reference fixture folder {REFERENCE} not found (shared/ must be a sibling of the repo root)")
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def edm_ref():
+    """The official PFGM++ (EDM) reference folder; tests that need it skip when shared/ is not beside the repo."""
+    from official import EDM_REFERENCE
+
+    if not (EDM_REFERENCE / "README.md").is_file():
+        pytest.skip(f"reference fixture folder {EDM_REFERENCE} not found (shared/ must be a sibling of the repo root)")
+    return EDM_REFERENCE

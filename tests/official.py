@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ddpmpp"
+EDM_REFERENCE = REFERENCE.parent / "edm"  # the official PFGM++ (EDM) networks and snapshots
 
 
 def read_tsv(path: Path) -> tuple[list[tuple[str, tuple[int, ...], str, str]], dict[str, int]]:
