@@ -7,13 +7,18 @@ Reads `data` (data.out: the prepared folder), `train` (train.out: the folder hol
 of `evaluate`, the flow
   1. draws num_samples samples in batches (seeded), measuring the NFE of each solve and the seconds per
      sample (PFGM: pfgm.prior + pfgm.ode.sample; PFGM++: its prior and EDM's Heun sampler);
-  2. scores them with clean-fid against the TEST split: digits with the CNN saved beside the data,
-     other images with clean-fid's Inception read from evaluate.inception_path (never downloaded), plus
-     the Inception Score; 2D points get no FID (no meaningful feature space; their likelihood is logged);
+  2. scores them by FID and KID (pfgm.metrics.FidScorer) against the evaluate.fid_reference split's
+     features (cached in evaluate.stats_cache): digits with the CNN saved beside the data, other images
+     with clean-fid's Inception in evaluate.fid_mode read from evaluate.inception_path (downloaded and
+     sha256-checked only with evaluate.download_weights), plus the Inception Score; samples become
+     uint8 by evaluate.quantize. With evaluate.seeds, one set of num_samples per seed: fid_seed<k> and
+     kid_seed<k> each, fid and kid their means, fid_std and fid_min. 2D points get no FID (no
+     meaningful feature space; their likelihood is logged). docs/FID.md;
   3. logs beside the FID two references: `fid_floor`, the data's own (num_samples train images against
-     the test split), and `fid_untrained`, an untrained network of the same architecture (seeded fresh
-     weights, same prior; PFGM: Euler 20 steps in ln z, PFGM++: Heun 10 steps) whose non-finite
-     outputs are mapped into the pixel range. A trained model should sit between the two;
+     the test split, whatever fid_reference), and `fid_untrained`, an untrained network of the same
+     architecture (seeded fresh weights, same prior; PFGM: Euler 20 steps in ln z, PFGM++: Heun 10
+     steps) whose non-finite outputs are mapped into the pixel range. A trained model should sit
+     between the two;
   4. bits/dim of bpd_images dequantised test images with pfgm.ode.log_likelihood (PFGM images; nll in
      nats per point for 2D points; PFGM++ has no likelihood here);
   5. logs params, metrics and sample grids in an MLflow run of its own (tagged with the train run),
@@ -29,7 +34,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -38,7 +43,7 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.params import EvaluateParams, ParamsError, load_sections, params_parser
+from flows.params import EvaluateParams, ParamsError, SweepParams, load_sections, params_parser
 from flows.pyfunc_model import Generated, Sampler, TrainedModel, generate, load_trained, method_name, untrained_like
 from flows.registry import log_pyfunc, register
 from flows.tracking import configure, resolve_device
@@ -86,12 +91,18 @@ def resolve_features(params: EvaluateParams, manifest: dict[str, Any], section: 
     return features
 
 
+def sample_seeds(params: EvaluateParams) -> list[int]:
+    """The prior seeds of the scored sample sets: evaluate.seeds, or [evaluate.seed]."""
+    return list(params.seeds) if params.seeds is not None else [params.seed]
+
+
 def expected_metrics(params: EvaluateParams, kind: str, features: str | None, objective: str) -> tuple[str, ...]:
     """The numeric keys this evaluation will produce (for checking evaluate.champion_metric)."""
     keys = ["num_samples", "nfe", "nfe_max", "nfe_untrained", "seconds_per_sample"]
     if features is not None:
-        keys += ["fid", "fid_untrained", "fid_floor"]
-    if features == "inception":
+        keys += ["fid", "fid_std", "fid_min", "kid", "fid_untrained", "fid_floor"]
+        keys += [f"{metric}_seed{seed}" for seed in sample_seeds(params) for metric in ("fid", "kid")]
+    if features == "inception" and params.fid_mode != "legacy_pytorch":  # pytorch-fid's network has no classes
         keys += ["inception_score", "inception_score_std"]
     if params.bpd_images > 0 and objective == "pfgm":
         keys += ["bpd"] if kind == "image" else ["nll"]
@@ -124,7 +135,8 @@ def check_inputs(params: EvaluateParams, data_dir: str, model_path: str) -> tupl
     manifest = pdata.read_manifest(data_dir)
     features = resolve_features(params, manifest)
     if features == "inception":
-        pmetrics.check_inception(params.inception_path)
+        # Fails fast offline; with download_weights the file is fetched and verified here, before the run.
+        pmetrics.ensure_weights(params.fid_mode, params.inception_path, download=params.download_weights)
     model = load_trained(model_path, device=resolve_device(params.device))
     check_model_fits(model, model_path, z_min=params.z_min, section="evaluate", manifest=manifest, data_dir=data_dir)
     keys = expected_metrics(params, manifest["kind"], features, model.objective)
@@ -148,80 +160,83 @@ def untrained_sampler(params: EvaluateParams, objective: str) -> Sampler:
 
 # Tensors and networks travel between tasks in memory: NO_CACHE spares Prefect hashing them.
 @task(cache_policy=NO_CACHE)
-def draw_samples(model: TrainedModel, params: EvaluateParams, sampler: Sampler) -> Generated:
-    """num_samples samples (num_samples, *S), the prior seeded by evaluate.seed."""
-    generator = torch.Generator().manual_seed(params.seed)
+def draw_samples(model: TrainedModel, params: EvaluateParams, sampler: Sampler, seed: int) -> Generated:
+    """num_samples samples (num_samples, *S), the prior seeded by `seed`."""
+    generator = torch.Generator().manual_seed(seed)
     return generate(model, params.num_samples, sampler, batch_size=params.batch_size, generator=generator)
 
 
 def to_images(x: torch.Tensor) -> torch.Tensor:
-    """Samples in [-1, 1] -> uint8 images; non-finite values are mapped into the range first."""
-    return pdata.unit_to_images(torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0))
+    """Samples in [-1, 1] -> uint8 images, rounded (pictures); non-finite values mapped into the range."""
+    return pmetrics.quantize(x, "round")
+
+
+def fid_scorer(params: EvaluateParams | SweepParams, features: str, data_dir: str, *,
+               split: str | None = None) -> pmetrics.FidScorer:
+    """The scorer a section's FID settings describe, against `split` (default: <section>.fid_reference).
+
+    `params` is any section with the FID keys (evaluate, sweep); the reference features come from
+    <section>.stats_cache, computed there on the first use.
+    """
+    extractor = pmetrics.feature_extractor(features, data_dir, inception_path=params.inception_path,
+                                           mode=params.fid_mode, batch_size=params.batch_size,
+                                           device=resolve_device(params.device), download=params.download_weights)
+    return pmetrics.fid_scorer(extractor, data_dir, split=split or params.fid_reference,
+                               cache_dir=params.stats_cache, quantize=params.quantize)
 
 
 @dataclass(frozen=True)
-class FidScorer:
-    """Fréchet distances to the test split's feature statistics, which are computed once.
-
-    `extract` maps uint8 images (n, C, H, W) to features (n, F); `inception` is the Inception network
-    when the features are Inception's (for the Inception Score), else None. Holds no mutable state:
-    worker threads may share one scorer.
-    """
-    extract: Callable[[torch.Tensor], np.ndarray]
-    reference: pmetrics.FeatureStats
-    inception: pmetrics.InceptionFeatures | None
-
-    def fid(self, images: torch.Tensor) -> float:
-        """FID of uint8 images (n, C, H, W) against the test split."""
-        return pmetrics.frechet_distance(pmetrics.feature_statistics(self.extract(images)), self.reference)
-
-    def sample_fid(self, samples: torch.Tensor) -> float:
-        """FID of samples (n, *S) in [-1, 1]; NaN when any value is non-finite (a diverged solve)."""
-        return self.fid(to_images(samples)) if bool(torch.isfinite(samples).all()) else math.nan
-
-
-def _feature_model(features: str, data_dir: str, inception_path: str, device: torch.device):
-    if features == "digits":
-        classifier = pdata.load_digits_classifier(data_dir)
-        return pdata.cleanfid_extractor(pdata.digits_feature_extractor(classifier)), None, None
-    inception = pmetrics.InceptionFeatures(inception_path, device=device)
-    return inception, pmetrics.clean_resizer(), inception
-
-
-def fid_scorer(features: str, data_dir: str, *, inception_path: str, batch_size: int,
-               device: torch.device) -> FidScorer:
-    """A FidScorer for `features` (digits | inception) holding the statistics of <data_dir>'s test split."""
-    model, resize, inception = _feature_model(features, data_dir, inception_path, device)
-
-    def extract(images: torch.Tensor) -> np.ndarray:
-        return pmetrics.image_features(images, model, resize=resize, batch_size=batch_size, device=device)
-
-    test = pdata.unit_to_images(pdata.load_split(data_dir, "test"))
-    return FidScorer(extract=extract, reference=pmetrics.feature_statistics(extract(test)), inception=inception)
+class Scorers:
+    """The scorer of the samples (fid_reference) and the one of the floor (always the test split)."""
+    samples: pmetrics.FidScorer
+    floor: pmetrics.FidScorer
 
 
 @task(cache_policy=NO_CACHE)
-def fid_metrics(samples: torch.Tensor, untrained: torch.Tensor, *, features: str, data_dir: str,
-                params: EvaluateParams) -> dict[str, float]:
-    """fid, fid_untrained, fid_floor (and inception_score) against the test split's features.
+def build_scorers(features: str, data_dir: str, params: EvaluateParams) -> Scorers:
+    """Scorers for the samples and the floor; one feature network, each reference computed or read once."""
+    scorer = fid_scorer(params, features, data_dir)
+    if scorer.split == "test":
+        return Scorers(samples=scorer, floor=scorer)
+    floor = pmetrics.fid_scorer(scorer.extractor, data_dir, split="test", cache_dir=params.stats_cache,
+                                quantize=params.quantize)
+    return Scorers(samples=scorer, floor=floor)
 
-    Samples with any non-finite value have no FID (NaN): the evaluation then fails as diverged.
+
+@task(cache_policy=NO_CACHE)
+def score_set(scorer: pmetrics.FidScorer, samples: torch.Tensor) -> dict[str, float]:
+    """fid and kid of one sample set (NaN for a set holding any non-finite value)."""
+    return scorer.sample_scores(samples)
+
+
+def set_metrics(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
+    """fid_seed<k>, kid_seed<k>; fid, fid_std, fid_min over the sets; kid their mean."""
+    out = {f"{metric}_seed{seed}": value for seed, scores in per_seed.items() for metric, value in scores.items()}
+    fid = pmetrics.set_statistics([scores["fid"] for scores in per_seed.values()])
+    out.update(fid=fid["mean"], fid_std=fid["std"], fid_min=fid["min"],
+               kid=pmetrics.set_statistics([scores["kid"] for scores in per_seed.values()])["mean"])
+    return out
+
+
+@task(cache_policy=NO_CACHE)
+def reference_metrics(scorers: Scorers, samples: torch.Tensor, untrained: torch.Tensor, *, data_dir: str,
+                      params: EvaluateParams) -> dict[str, float]:
+    """fid_untrained, fid_floor, and (Inception with class logits) inception_score of the first sample set.
+
+    The floor: num_samples training images (seeded draw) against the test split's statistics.
     """
-    device = resolve_device(params.device)
-    scorer = fid_scorer(features, data_dir, inception_path=params.inception_path, batch_size=params.batch_size,
-                        device=device)
     train = pdata.unit_to_images(pdata.load_split(data_dir, "train"))
     rows = np.random.default_rng(params.seed).choice(len(train), size=min(params.num_samples, len(train)),
                                                      replace=False)
-    floor = scorer.fid(train[np.sort(rows)])
-    finite = bool(torch.isfinite(samples).all())
-    out = dict(fid=scorer.sample_fid(samples), fid_untrained=scorer.fid(to_images(untrained)), fid_floor=floor)
-    if scorer.inception is not None:
-        splits = min(10, params.num_samples)
+    scorer = scorers.samples
+    out = dict(fid_untrained=scorer.fid(scorer.to_images(untrained)), fid_floor=scorers.floor.fid(train[np.sort(rows)]))
+    inception = scorer.inception
+    if inception is not None and inception.has_logits:
+        finite = bool(torch.isfinite(samples).all())
         score, spread = pmetrics.inception_score(
-            pmetrics.inception_logits(to_images(samples), scorer.inception, batch_size=params.batch_size,
-                                      device=device),
-            splits=splits) if finite else (math.nan, math.nan)
+            pmetrics.inception_logits(scorer.to_images(samples), inception, batch_size=params.batch_size,
+                                      device=resolve_device(params.device)),
+            splits=min(10, params.num_samples)) if finite else (math.nan, math.nan)
         out.update(inception_score=score, inception_score_std=spread)
     return out
 
@@ -323,7 +338,43 @@ def _run_params(params: EvaluateParams, model: TrainedModel, plan: Plan, data_di
                 bpd_method=params.bpd_method, bpd_steps=params.bpd_steps, bpd_z_exp=params.bpd_z_exp,
                 objective=model.objective, model_path=model_path, data_dir=data_dir,
                 data_sha256=data.get("sha256"), **{f"hp.{k}": v for k, v in model.hyperparameters.items()},
-                untrained_method=method_name(model, untrained), untrained_steps=untrained.steps)
+                untrained_method=method_name(model, untrained), untrained_steps=untrained.steps,
+                **fid_protocol(params, plan.features), stats_cache=params.stats_cache,
+                download_weights=params.download_weights, inception_path=params.inception_path)
+
+
+def fid_protocol(params: EvaluateParams, features: str | None) -> dict[str, Any]:
+    """How the FIDs were measured, as params and in evaluate.out (the report's protocol text reads them).
+
+    The Inception mode is None for the digits CNN, which has no Inception preprocessing.
+    """
+    if features is None:
+        return {}
+    return dict(fid_reference=params.fid_reference, fid_mode=params.fid_mode if features == "inception" else None,
+                quantize=params.quantize, seeds=",".join(str(seed) for seed in sample_seeds(params)))
+
+
+@dataclass(frozen=True)
+class SampleSets:
+    """The first set's samples (pictures, IS), every set's NFE and seconds, and each set's scores."""
+    first: torch.Tensor
+    nfe: list[int]
+    seconds: float
+    scores: dict[int, dict[str, float]]
+
+
+def draw_and_score(model: TrainedModel, params: EvaluateParams, sampler: Sampler,
+                   scorer: pmetrics.FidScorer | None) -> SampleSets:
+    """One set of num_samples per seed, each scored as soon as drawn (only the first set is kept)."""
+    first, nfe, seconds, scores = None, [], 0.0, {}
+    for seed in sample_seeds(params):
+        generated = draw_samples(model, params, sampler, seed)
+        nfe += generated.nfe
+        seconds += generated.seconds
+        if scorer is not None:
+            scores[seed] = score_set(scorer, generated.x)
+        first = generated.x if first is None else first
+    return SampleSets(first=first, nfe=nfe, seconds=seconds, scores=scores)
 
 
 @flow(name="evaluate-model")
@@ -346,26 +397,33 @@ def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str
     with mlflow.start_run(run_name="evaluate", tags=_run_tags(model, plan)) as run:
         mlflow.log_params(_run_params(params, model, plan, data_dir, model_path))
         mlflow.set_tag("data_matches_model", str(trained_on == data_sha256).lower())
-        generated = draw_samples(model, params, sampler)
+        scorers = build_scorers(plan.features, data_dir, params) if plan.features is not None else None
+        if scorers is not None:
+            mlflow.log_params(dict(fid_features=scorers.samples.extractor.label,
+                                   fid_network_sha256=scorers.samples.extractor.network_sha256,
+                                   fid_reference_key=scorers.samples.reference.key))
+        sets = draw_and_score(model, params, sampler, scorers.samples if scorers is not None else None)
         reference = draw_samples(untrained_like(model, seed=params.seed, device=next(model.net.parameters()).device),
-                                 params, untrained_sampler(params, model.objective))
-        metrics: dict[str, Any] = dict(num_samples=params.num_samples, nfe=float(np.mean(generated.nfe)),
-                                       nfe_max=max(generated.nfe), nfe_untrained=float(np.mean(reference.nfe)),
-                                       seconds_per_sample=generated.seconds / params.num_samples)
-        if plan.features is not None:
-            metrics |= fid_metrics(generated.x, reference.x, features=plan.features, data_dir=data_dir, params=params)
+                                 params, untrained_sampler(params, model.objective), params.seed)
+        total = params.num_samples * len(sample_seeds(params))
+        metrics: dict[str, Any] = dict(num_samples=params.num_samples, nfe=float(np.mean(sets.nfe)),
+                                       nfe_max=max(sets.nfe), nfe_untrained=float(np.mean(reference.nfe)),
+                                       seconds_per_sample=sets.seconds / total)
+        if scorers is not None:
+            metrics |= set_metrics(sets.scores)
+            metrics |= reference_metrics(scorers, sets.first, reference.x, data_dir=data_dir, params=params)
         if "bpd" in plan.metric_keys or "nll" in plan.metric_keys:
             metrics |= likelihood_metrics(model, kind=plan.kind, data_dir=data_dir, params=params, sampler=sampler)
         metrics = {k: float(v) for k, v in metrics.items()}
         mlflow.log_metrics(metrics)
-        mlflow.log_metric("nonfinite_samples", float((~torch.isfinite(generated.x)).flatten(1).any(1).sum()))
-        _log_figure(generated.x, plan.kind, "samples.png")
+        mlflow.log_metric("nonfinite_samples", float((~torch.isfinite(sets.first)).flatten(1).any(1).sum()))
+        _log_figure(sets.first, plan.kind, "samples.png")
         _log_figure(reference.x, plan.kind, "samples_untrained.png")
         logger.info("metrics %s", json.dumps(metrics, sort_keys=True))
         require_finite(metrics)
         model_info = log_pyfunc(model_path) if params.register_model else None
     result: dict[str, Any] = {**metrics, "num_samples": params.num_samples, "method": method_name(model, sampler),
-                              "features": plan.features,
+                              "features": plan.features, **fid_protocol(params, plan.features),
                               "run_id": run.info.run_id}
     if model_info is not None:
         version, promoted = register(model_info.model_uri, params.model_name, run_id=run.info.run_id,

@@ -58,13 +58,18 @@ class DataParams(Section):
 
     name: DatasetName = "digits"
     root: str = "data/raw"
-    """Folder holding raw files: <root>/cifar-10-batches-py, <root>/img_align_celeba,
-    <root>/bedroom_train, or the image folder itself for `folder`. Unused by digits and toys."""
+    """Folder holding raw files: <root>/cifar-10-batches-py, <root>/img_align_celeba (+ <root>/
+    list_eval_partition.txt), <root>/bedroom_train_lmdb (+ bedroom_val_lmdb) or <root>/bedroom_train,
+    or the image folder itself for `folder`. Unused by digits and toys (docs/DATA.md)."""
+    download: bool = False
+    """cifar10: when its batches are missing, download the official archive into root (md5-verified,
+    extracted safely). The other data sets have no stable download; their error says where to get them."""
     out: OwnFolder = "data/prepared/digits"
     """The prepared folder (a DVC output); it is replaced as a whole."""
     seed: int = Field(0, ge=0)
     test_fraction: float = Field(0.167, gt=0.0, lt=1.0)
-    """Share of items in the test split (ignored by cifar10, which has its official split)."""
+    """Share of items in the test split (ignored where the files carry the official split: cifar10,
+    celeba64 with its partition file, lsun-bedroom256 with bedroom_val_lmdb)."""
     n_points: int = Field(20000, ge=2)
     """Toys: points sampled in total, before the split."""
     image_size: int = Field(32, ge=1)
@@ -72,7 +77,8 @@ class DataParams(Section):
     channels: Literal[1, 3] = 3
     """folder: 1 for greyscale, 3 for RGB."""
     max_images: int | None = Field(None, ge=2)
-    """folder, celeba64, lsun-bedroom256: keep the first max_images files (sorted), or all."""
+    """folder, celeba64, lsun-bedroom256: keep the first max_images files (sorted) or LMDB keys (key
+    order), or all; with an official split (CelebA partition file, LSUN val LMDB): this many per split."""
 
 
 NetworkName = Literal["FieldMLP", "FieldConvNet", "DDPMpp"]
@@ -125,6 +131,13 @@ class TrainParams(Section):
     """Log a grid of EMA samples every this many steps (at checkpoint steps)."""
 
 
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Split = Literal["train", "test"]
+InceptionMode = Literal["clean", "legacy_tensorflow", "legacy_pytorch"]
+"""clean-fid's names (pfgm.inception.MODES)."""
+QuantizeMethod = Literal["round", "truncate"]
+
+
 class EvaluateParams(Section):
     """The `evaluate` section: one sampler setting, FID, bits/dim, and the model registry."""
 
@@ -145,6 +158,23 @@ class EvaluateParams(Section):
     features: Literal["auto", "digits", "inception"] = "auto"
     """FID features: auto takes the digits CNN for digits and Inception for other image data."""
     inception_path: str = "/tmp/inception-2015-12-05.pt"
+    seeds: list[NonNegativeInt] | None = Field(None, min_length=1)
+    """Prior seeds of the sample sets scored for FID and KID, num_samples each: fid_seed<k> and
+    kid_seed<k> per set, fid = their mean, fid_std, fid_min (PFGM++ reports the min of three 50k
+    sets). null: the one set of `seed`. `seed` also seeds the untrained reference, the floor's
+    training rows and the bpd dequantisation. docs/FID.md."""
+    fid_reference: Split = "test"
+    """The split whose feature statistics samples are compared with: train is the published protocol
+    (CIFAR-10: the 50,000 training images), test our digits default. fid_floor stays train vs test."""
+    fid_mode: InceptionMode = "clean"
+    """clean-fid's Inception preprocessing: clean, legacy_tensorflow (TF Inception's, as the published
+    numbers), legacy_pytorch (pytorch-fid's). The digits CNN has no resize and ignores it."""
+    quantize: QuantizeMethod = "round"
+    """Samples to uint8: round (nearest level) or truncate (the official PFGM code's floor of x*255)."""
+    stats_cache: str = "data/fid-stats"
+    """Folder of the cached reference features and statistics (keyed by data, network, mode, split)."""
+    download_weights: bool = False
+    """Fetch missing Inception weights from clean-fid's URL (sha256-checked); off: a missing file is an error."""
     bpd_images: int = Field(0, ge=0)
     """Test images for bits/dim (0: skip)."""
     bpd_method: str = "rk4"
@@ -163,6 +193,13 @@ class EvaluateParams(Section):
     model_name: str = "pfgm-digits"
     champion_metric: str = "fid"
     """Lower is better; the registered version with the lowest value holds the alias `champion`."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct (two equal seeds draw the same sample set)")
+        return seeds
 
 
 def _known_method(method: str) -> str:
@@ -242,6 +279,16 @@ class SweepParams(Section):
     """Points evaluated at once (threads); the timed solves themselves take turns."""
     features: Literal["auto", "digits", "inception"] = "auto"
     inception_path: str = "/tmp/inception-2015-12-05.pt"
+    fid_reference: Split = "test"
+    """As evaluate.fid_reference: the split every point's FID and KID compare with."""
+    fid_mode: InceptionMode = "clean"
+    """As evaluate.fid_mode."""
+    quantize: QuantizeMethod = "round"
+    """As evaluate.quantize."""
+    stats_cache: str = "data/fid-stats"
+    """As evaluate.stats_cache (the same folder shares the reference statistics with evaluate)."""
+    download_weights: bool = False
+    """As evaluate.download_weights."""
 
 
 PublishedData = Literal["auto", "cifar10", "celeba64", "lsun-bedroom256", "ffhq64"]

@@ -2,9 +2,9 @@
 
     python -m flows.prepare --params params.yaml
 
-A Prefect flow over the pure functions of pfgm.data: load (read raw files or sample), features
-(digits only: train the FID classifier), validate, write (atomic, with manifest). Returns the
-manifest.
+A Prefect flow over the pure functions of pfgm.data: load (read raw files or sample; with
+`data.download: true`, fetch CIFAR-10's archive first if its batches are missing), features (digits
+only: train the FID classifier), validate, write (atomic, with manifest). Returns the manifest.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def load(params: DataParams) -> pdata.Prepared:
         return pdata.build_toy(params.name, n_points=params.n_points, seed=params.seed,
                                test_fraction=params.test_fraction)
     if params.name == "cifar10":
-        return pdata.build_cifar10(root=params.root)
+        return pdata.build_cifar10(root=params.root, download=params.download)
     if params.name == "celeba64":
         return pdata.build_celeba64(root=params.root, seed=params.seed, test_fraction=params.test_fraction,
                                     max_images=params.max_images)
@@ -66,12 +66,16 @@ def write(prepared: pdata.Prepared, out: str) -> dict[str, Any]:
 @flow(name="prepare-data")
 def prepare(params: DataParams) -> dict[str, Any]:
     """Prepare one data set as configured by the `data` section; returns the manifest."""
+    if params.download and params.name != "cifar10":
+        get_run_logger().warning("data.download applies to cifar10 only: %s is read from %s as it is",
+                                 params.name, params.root)
     prepared = load(params)
     if params.name == "digits":
         prepared = add_features(prepared, seed=params.seed)
     validate(prepared)
     manifest = write(prepared, params.out)
-    get_run_logger().info("wrote %s: %s %s", params.out, manifest["counts"], manifest["shape"])
+    get_run_logger().info("wrote %s: %s %s, %s split", params.out, manifest["counts"], manifest["shape"],
+                          manifest["split"].get("method"))
     return manifest
 
 

@@ -177,22 +177,60 @@ def best_sweep_row(sweep: list[dict[str, Any]]) -> dict[str, Any] | None:
     return min(scored, key=lambda row: row["fid"]) if scored else None
 
 
-def our_rows(inputs: Inputs, evaluate_path: str, sweep_path: str, sweep_num_samples: int | None) -> list[TableRow]:
-    """The evaluate run's numbers and the sweep's best FID (scored on sweep_num_samples samples), as rows."""
+def features_text(protocol: dict[str, Any]) -> str:
+    """"clean-fid Inception (legacy_tensorflow) vs train split", "digits CNN (prepare stage) vs test split".
+
+    `protocol` holds features, fid_mode, fid_reference (evaluate.out or the sweep section); a file
+    written before fid_reference existed compared with the test split.
+    """
+    name = FEATURE_NAMES.get(protocol.get("features") or "", "")
+    if not name:
+        return ""
+    # The digits CNN has no Inception preprocessing: the mode applies to Inception only.
+    mode = f" ({protocol['fid_mode']})" if protocol.get("fid_mode") and protocol["features"] == "inception" else ""
+    return f"{name}{mode} vs {protocol.get('fid_reference') or 'test'} split"
+
+
+def fid_protocol_text(protocol: dict[str, Any], num_samples: int | None, *, sets: str) -> str:
+    """The protocol column of one of our FID rows: samples, sets, features, reference, quantisation."""
+    features = features_text(protocol)
+    if not features:
+        return ""
+    return (f"FID, KID: {num_samples} samples per set, {sets}; {features} statistics; samples to uint8 by "
+            f"{protocol.get('quantize') or 'round'} (docs/FID.md)")
+
+
+def _sets_text(ev: dict[str, Any]) -> str:
+    seeds = [s for s in str(ev.get("seeds") or "").split(",") if s]
+    if len(seeds) <= 1:
+        return f"one set (seed {seeds[0]})" if seeds else "one set"
+    return (f"{len(seeds)} sets (seeds {', '.join(seeds)}): FID is their mean, fid_min "
+            f"{ev.get('fid_min', float('nan')):.2f}, fid_std {ev.get('fid_std', float('nan')):.2f}")
+
+
+def our_rows(inputs: Inputs, evaluate_path: str, sweep_path: str, sweep_num_samples: int | None,
+             sweep_protocol: dict[str, Any] | None = None) -> list[TableRow]:
+    """The evaluate run's numbers and the sweep's best FID (scored on sweep_num_samples samples), as rows.
+
+    `sweep_protocol` (the sweep section's features, fid_mode, fid_reference, quantize) describes the
+    sweep's FIDs; None: as the evaluate run's.
+    """
     ev, label = inputs.evaluation, model_label(inputs.model)
-    features = FEATURE_NAMES.get(ev.get("features") or "", "")
     rows = [TableRow(origin="this run: evaluate", data=inputs.name, model=label, fid=_finite(ev.get("fid")),
                      inception_score=_finite(ev.get("inception_score")), bpd=_finite(ev.get("bpd")),
                      nll=_finite(ev.get("nll")), nfe=_finite(ev.get("nfe")), solver=str(ev.get("method", "")),
-                     num_samples=ev.get("num_samples"), features=features + (" vs test split" if features else ""),
-                     source=str(evaluate_path))]
+                     num_samples=ev.get("num_samples"), features=features_text(ev), source=str(evaluate_path),
+                     protocol=fid_protocol_text(ev, ev.get("num_samples"), sets=_sets_text(ev)))]
     best = best_sweep_row(inputs.sweep)
     if best is not None:
+        sweep = {**ev, **(sweep_protocol or {})}
         rows.append(TableRow(origin="this run: sweep best", data=inputs.name, model=label, fid=best["fid"],
                              nfe=_finite(best["nfe"]), solver=best["solver"], num_samples=sweep_num_samples,
-                             features=rows[0].features,
+                             features=features_text(sweep),
                              source=f"{sweep_path} (lowest FID of {len(inputs.sweep)} settings; "
-                                    f"checkpoint {best['checkpoint']})"))
+                                    f"checkpoint {best['checkpoint']})",
+                             protocol=fid_protocol_text(sweep, sweep_num_samples,
+                                                        sets="one set (sweep.seed) per setting")))
     return rows
 
 
@@ -207,6 +245,12 @@ def comparison_note(published: PublishedResult, name: str, ours: TableRow) -> st
         differences.append(f"{published.num_samples} samples vs our {ours.num_samples}")
     theirs = published.features or "features not stated"
     differences.append(f"{theirs} vs our {ours.features or 'features'}")
+    if published.reference_statistics:
+        differences.append(f"reference statistics: {published.reference_statistics}")
+    if published.seeds:
+        # The statistic the published number is: PFGM++/EDM report the best (min) of three 50k sets.
+        statistic = "our fid_min" if "best" in published.seeds else "our fid"
+        differences.append(f"published FID is the {published.seeds} seed sets: compare with {statistic}")
     return "same data set, different protocol: " + "; ".join(differences)
 
 
@@ -239,9 +283,10 @@ def published_rows(published: list[PublishedResult], table_data: str, name: str,
     return rows
 
 
-def build_table(inputs: Inputs, evaluate_path: str, sweep_path: str, sweep_num_samples: int | None) -> list[TableRow]:
+def build_table(inputs: Inputs, evaluate_path: str, sweep_path: str, sweep_num_samples: int | None,
+                sweep_protocol: dict[str, Any] | None = None) -> list[TableRow]:
     """Our rows first, then the published rows of the chosen data set."""
-    ours = our_rows(inputs, evaluate_path, sweep_path, sweep_num_samples)
+    ours = our_rows(inputs, evaluate_path, sweep_path, sweep_num_samples, sweep_protocol)
     return ours + published_rows(inputs.published, inputs.table_data, inputs.name, ours[0])
 
 
@@ -286,7 +331,14 @@ def markdown(rows: list[TableRow], *, name: str, table_data: str) -> str:
     lines.append("| " + " | ".join(c[0] for c in columns) + " |")
     lines.append("|" + "---|" * len(columns))
     lines += ["| " + " | ".join(_md_value(r, c[1], c[2]) for c in columns) + " |" for r in rows]
-    protocols = [r for r in rows if r.protocol]
+    ours = [r for r in rows if r.protocol and r.origin != "published"]
+    if ours:
+        lines += ["", "Protocol of this run's FIDs:", ""]
+        lines += [f"- {r.origin}: {r.protocol}" for r in ours]
+        lines += ["", "Which of our FIDs a published one compares with: a number from one sample set (PFGM's "
+                  "tables: 10k samples) with our `fid`; PFGM++'s and EDM's best of three 50k sets with our "
+                  "`fid_min` over three `evaluate.seeds` (docs/FID.md)."]
+    protocols = [r for r in rows if r.protocol and r.origin == "published"]
     if protocols:
         lines += ["", "Protocols of the published rows:", ""]
         lines += [f"- {r.model} ({r.data}): {r.protocol}" for r in protocols]
@@ -527,11 +579,12 @@ def _run_params(params: ReportParams, inputs: Inputs, data_dir: str, model_path:
 
 @flow(name="report")
 def report(params: ReportParams, data_dir: str, model_path: str, evaluate_path: str, sweep_path: str,
-           sweep_num_samples: int | None = None) -> dict[str, Any]:
+           sweep_num_samples: int | None = None, sweep_protocol: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the table and the pictures into params.out and log them to one MLflow run.
 
     `sweep_num_samples` (the sweep section's num_samples) is shown beside the sweep's best FID, whose
-    table does not record it: FID depends on the sample count.
+    table does not record it: FID depends on the sample count. `sweep_protocol` (the sweep section's
+    features, fid_mode, fid_reference, quantize) names how its FIDs were measured (None: as evaluate's).
 
     Returns dict(out, files, table (list of row dicts), metrics, run_id).
     """
@@ -543,7 +596,7 @@ def report(params: ReportParams, data_dir: str, model_path: str, evaluate_path: 
     try:
         with mlflow.start_run(run_name="report", tags=tags) as run:
             mlflow.log_params(_run_params(params, inputs, data_dir, model_path, evaluate_path, sweep_path))
-            result = Report(rows=build_table(inputs, evaluate_path, sweep_path, sweep_num_samples))
+            result = Report(rows=build_table(inputs, evaluate_path, sweep_path, sweep_num_samples, sweep_protocol))
             write_table_csv(result.rows, staging / "table.csv")
             (staging / "table.md").write_text(markdown(result.rows, name=inputs.name, table_data=inputs.table_data))
             with torch_threads(params.threads):
@@ -559,6 +612,11 @@ def report(params: ReportParams, data_dir: str, model_path: str, evaluate_path: 
                 run_id=run.info.run_id)
 
 
+def sweep_protocol(sweep: Any) -> dict[str, Any]:
+    """The sweep section's FID settings, as the protocol text reads them (features: as evaluate resolved them)."""
+    return dict(fid_reference=sweep.fid_reference, fid_mode=sweep.fid_mode, quantize=sweep.quantize)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: read data.out, train.out, evaluate.out, sweep.table (and num_samples) and `report`; run."""
     args = params_parser(__doc__).parse_args(argv)
@@ -566,7 +624,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                            "report")
     configure()
     result = report(params, data_dir=data.out, model_path=str(Path(train.out) / MODEL_FILE),
-                    evaluate_path=evaluation.out, sweep_path=sweep.table, sweep_num_samples=sweep.num_samples)
+                    evaluate_path=evaluation.out, sweep_path=sweep.table, sweep_num_samples=sweep.num_samples,
+                    sweep_protocol=sweep_protocol(sweep))
     print(json.dumps({k: result[k] for k in ("out", "files", "metrics", "run_id")}, sort_keys=True))
     return result
 

@@ -9,14 +9,17 @@ sampler with each of sweep.heun_steps) the flow
   1. draws num_samples samples with flows.pyfunc_model.generate, seeded by sweep.seed, so every point
      starts from the same prior draw; measures the NFE of each batch's solve (mean and max) and the
      seconds per sample;
-  2. scores them by FID against the test split (flows.evaluate.FidScorer: the test statistics are
-     computed once per sweep and shared by every point); 2D points get no FID (NaN in the table);
+  2. scores them by FID and KID against the sweep.fid_reference split (pfgm.metrics.FidScorer, built
+     as the evaluate stage builds it from sweep.fid_mode, sweep.quantize and sweep.stats_cache: the
+     reference features are read from the cache or computed once per sweep and shared by every
+     point); 2D points get no FID (NaN in the table);
   3. logs a child MLflow run (tag mlflow.parentRunId = the sweep's run) with the setting as params, the
      metrics and a samples grid.
 The parent run (run name "sweep", tag stage=sweep) holds the sweep-wide params, the whole table as CSV
 and markdown, and a summary; the table is also written to sweep.table and the summary (flat JSON for
 `dvc metrics show`) to sweep.out. Table columns, in this order (more may follow at the end):
     checkpoint, solver, method, steps, rtol, atol, nfe, nfe_max, seconds_per_sample, fid, run_id
+then objective, nonfinite_samples, kid.
 `solver` is a label ("RK45 tol=1e-4", "Euler 20 steps", "Heun 10 steps", "EDM Heun 18 steps");
 `method` the torchdiffeq method (or "heun" for EDM's sampler); rtol = atol for adaptive methods,
 steps for fixed-step ones, the other empty.
@@ -58,7 +61,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.evaluate import FidScorer, check_model_fits, fid_scorer, resolve_features, sample_figure, write_json
+from flows.evaluate import check_model_fits, fid_scorer, resolve_features, sample_figure, write_json
 from flows.params import ParamsError, SweepParams, load_sections, params_parser
 from flows.pyfunc_model import Generated, Sampler, TrainedModel, generate, load_trained, method_name
 from flows.tracking import configure, resolve_device
@@ -70,7 +73,7 @@ from pfgm.ode import ADAPTIVE_METHODS
 #: The table's contract with its readers (the report flow): these columns, in this order, first.
 COLUMNS = ("checkpoint", "solver", "method", "steps", "rtol", "atol", "nfe", "nfe_max", "seconds_per_sample",
            "fid", "run_id")
-EXTRA_COLUMNS = ("objective", "nonfinite_samples")
+EXTRA_COLUMNS = ("objective", "nonfinite_samples", "kid")
 #: Display names of the solvers (torchdiffeq's dopri5 is RK45; heun2 is Heun's improved Euler).
 SOLVER_NAMES = {"dopri5": "RK45", "euler": "Euler", "heun2": "Heun", "heun": "EDM Heun"}
 
@@ -158,7 +161,7 @@ def check_inputs(params: SweepParams, data_dir: str, checkpoints: list[str],
     manifest = pdata.read_manifest(data_dir)
     features = resolve_features(params, manifest, section="sweep")
     if features == "inception":
-        pmetrics.check_inception(params.inception_path)
+        pmetrics.ensure_weights(params.fid_mode, params.inception_path, download=params.download_weights)
     device = resolve_device(params.device)
     models, points = {}, []
     for path, label in zip(checkpoints, labels):
@@ -223,14 +226,14 @@ def draw_point(point: Point, model: TrainedModel, params: SweepParams) -> tuple[
             return Generated(x=x, nfe=[], seconds=time.perf_counter() - start), str(err)
 
 
-def point_metrics(generated: Generated, scorer: FidScorer | None, num_samples: int) -> dict[str, float]:
-    """nfe (mean over batches), nfe_max, seconds_per_sample, nonfinite_samples and (images) fid."""
+def point_metrics(generated: Generated, scorer: pmetrics.FidScorer | None, num_samples: int) -> dict[str, float]:
+    """nfe (mean over batches), nfe_max, seconds_per_sample, nonfinite_samples and (images) fid and kid."""
     nonfinite = (~torch.isfinite(generated.x)).flatten(1).any(1).sum()
     metrics = dict(nfe=float(np.mean(generated.nfe)) if generated.nfe else math.nan,
                    nfe_max=float(max(generated.nfe, default=math.nan)),
                    seconds_per_sample=generated.seconds / num_samples, nonfinite_samples=float(nonfinite))
     if scorer is not None:
-        metrics["fid"] = scorer.sample_fid(generated.x)
+        metrics |= scorer.sample_scores(generated.x)
     return metrics
 
 
@@ -238,12 +241,12 @@ def _row(point: Point, model: TrainedModel, metrics: dict[str, float], run_id: s
     return dict(checkpoint=point.checkpoint, solver=point.solver, method=point.method, **solver_setting(point),
                 nfe=metrics["nfe"], nfe_max=metrics["nfe_max"], seconds_per_sample=metrics["seconds_per_sample"],
                 fid=metrics.get("fid", math.nan), run_id=run_id, objective=model.objective,
-                nonfinite_samples=int(metrics["nonfinite_samples"]))
+                nonfinite_samples=int(metrics["nonfinite_samples"]), kid=metrics.get("kid", math.nan))
 
 
 # Networks and tensors travel in memory: NO_CACHE spares Prefect hashing them.
 @task(cache_policy=NO_CACHE, task_run_name="{point.solver}")
-def evaluate_point(point: Point, model: TrainedModel, *, params: SweepParams, scorer: FidScorer | None,
+def evaluate_point(point: Point, model: TrainedModel, *, params: SweepParams, scorer: pmetrics.FidScorer | None,
                    kind: str, parent: Parent) -> dict[str, Any]:
     """Sample, time and score one point in a child run of `parent`; returns the point's table row."""
     client = MlflowClient()
@@ -265,7 +268,7 @@ def sweep_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=[*COLUMNS, *EXTRA_COLUMNS])
     table["steps"] = table["steps"].astype("Int64")
     table["nfe_max"] = table["nfe_max"].astype(float).round().astype("Int64")
-    for column in ("rtol", "atol", "fid", "nfe", "seconds_per_sample"):
+    for column in ("rtol", "atol", "fid", "nfe", "seconds_per_sample", "kid"):
         table[column] = table[column].astype(float)
     return table
 
@@ -310,10 +313,19 @@ def _sweep_params(params: SweepParams, plan: Plan, data_dir: str) -> dict[str, A
     return dict(num_samples=params.num_samples, batch_size=params.batch_size, seed=params.seed,
                 z_min=params.z_min, z_exp=params.z_exp, clip_prior=params.clip_prior, workers=params.workers,
                 features=plan.features, data_dir=data_dir, checkpoints=",".join(plan.models),
-                points=len(plan.points))
+                points=len(plan.points), **_fid_params(params, plan.features))
 
 
-def _run_points(plan: Plan, params: SweepParams, scorer: FidScorer | None, parent: Parent) -> list[dict[str, Any]]:
+def _fid_params(params: SweepParams, features: str | None) -> dict[str, Any]:
+    """How every point's FID is measured (the Inception mode does not apply to the digits CNN)."""
+    if features is None:
+        return {}
+    return dict(fid_reference=params.fid_reference, fid_mode=params.fid_mode if features == "inception" else None,
+                quantize=params.quantize, stats_cache=params.stats_cache)
+
+
+def _run_points(plan: Plan, params: SweepParams, scorer: pmetrics.FidScorer | None,
+                parent: Parent) -> list[dict[str, Any]]:
     """Submit every point, wait for all of them (none is left running), then raise the first failure."""
     futures = [evaluate_point.submit(point, plan.models[point.checkpoint], params=params, scorer=scorer,
                                      kind=plan.kind, parent=parent) for point in plan.points]
@@ -336,8 +348,7 @@ def sweep(params: SweepParams, data_dir: str, checkpoints: list[str], labels: li
         logger.info("%s is 2D points: no FID (no meaningful feature space); NFE and timing only", plan.name)
     scorer = None
     if plan.features is not None:
-        scorer = fid_scorer(plan.features, data_dir, inception_path=params.inception_path,
-                            batch_size=params.batch_size, device=resolve_device(params.device))
+        scorer = fid_scorer(params, plan.features, data_dir)
     client = MlflowClient()
     with mlflow.start_run(run_name="sweep", tags={"stage": "sweep", "data": plan.name, **(tags or {})}) as run:
         parent = Parent(run_id=run.info.run_id, experiment_id=run.info.experiment_id)

@@ -47,9 +47,11 @@ DDPMPP = {
 PERTURBATION = dict(sigma=0.01, tau=0.03, gamma=5.0, restrict_M=True)
 # Section 6: optimiser, EMA and flips of the released DDPM++ runs (also the released CelebA/LSUN files).
 OPTIMISER = dict(betas=[0.9, 0.999], eps=1e-8, warmup=5000, grad_clip=1.0, ema_decay=0.9999, flip=True, amp=False)
-# Sections 3 and 4: the RK45 sampler of the paper; section 8: Inception FID (50,000 samples, as PFGM++).
+# Sections 3 and 4: the RK45 sampler of the paper; section 8: PFGM's FID protocol (10,000 samples, TF
+# Inception = legacy_tensorflow, training-set statistics, the official uint8 truncation; docs/FID.md).
 SAMPLER = dict(method="dopri5", rtol=1e-4, atol=1e-4, steps=None, z_min=1e-3, clip_prior=True)
-FID = dict(features="inception", num_samples=50_000)
+FID = dict(features="inception", num_samples=10_000, fid_reference="train", fid_mode="legacy_tensorflow",
+           quantize="truncate")
 
 # PFGM++ (section 7: D, Heun with 18 steps = NFE 35; the objective's P_mean/P_std are fixed in
 # pfgm.pfgmpp). Optimisation from EDM / Newbeeer/pfgmpp train.py: batch 512, lr 1e-3, 200 Mimg,

@@ -11,6 +11,17 @@ from PIL import Image
 
 from pfgm import data as pdata
 from pfgm.data import features, images, store, toys
+from raw_files import (
+    CELEBA_COLORS,
+    celeba_raw,
+    centre_colors,
+    encoded,
+    lsun_colors_in_key_order,
+    lsun_entries,
+    lsun_key,
+    near,
+    write_lmdb,
+)
 
 
 def _png(path, size, color, mode="RGB"):
@@ -312,7 +323,8 @@ def test_cifar10_missing_files_message(tmp_path):
     message = str(info.value)
     assert "data_batch_1" in message and "test_batch" in message
     assert str(tmp_path / "raw" / "cifar-10-batches-py") in message
-    assert "download=True" in message and "cifar-10-python.tar.gz" in message
+    assert images.CIFAR10_URL in message and images.CIFAR10_MD5 in message and "data.download: true" in message
+    assert "\n" not in message and not (tmp_path / "raw").exists()  # fast: nothing fetched, nothing written
     assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, ValueError)
 
 
@@ -329,3 +341,115 @@ def test_cifar10_reads_python_batches(tmp_path):
     (folder / "test_batch").write_bytes(b"garbage")
     with pytest.raises(pdata.DataError, match="test_batch"):
         pdata.build_cifar10(tmp_path)
+
+
+
+# --- CelebA: the official partition file ------------------------------------------------------
+
+def test_celeba_official_partition(tmp_path):
+    prepared = pdata.build_celeba64(celeba_raw(tmp_path), seed=0, test_fraction=0.5)
+    train, test = prepared.arrays["train"], prepared.arrays["test"]
+    assert train.shape == (4, 3, 64, 64) and test.shape == (2, 3, 64, 64)
+    # train = partition 0 (images 1-4, file order), test = partition 2 (images 7, 8); valid left out.
+    assert centre_colors(train) == CELEBA_COLORS[:4] and centre_colors(test) == CELEBA_COLORS[6:]
+    assert prepared.split["method"] == "official" and prepared.seed is None
+    assert prepared.split["partition_counts"] == {"train": 4, "valid": 2, "test": 2}
+    capped = pdata.build_celeba64(tmp_path, seed=0, test_fraction=0.5, max_images=3)  # per split
+    assert centre_colors(capped.arrays["train"]) == CELEBA_COLORS[:3] and len(capped.arrays["test"]) == 2
+
+
+def test_celeba_without_partition_file_falls_back_to_the_seeded_split(tmp_path):
+    prepared = pdata.build_celeba64(celeba_raw(tmp_path, partition=None), seed=0, test_fraction=0.25)
+    assert prepared.split["method"] == "random" and "list_eval_partition.txt" in prepared.split["note"]
+    assert len(prepared.arrays["train"]) == 6 and len(prepared.arrays["test"]) == 2
+    both = centre_colors(np.concatenate([prepared.arrays["train"], prepared.arrays["test"]]))
+    assert sorted(both) == sorted(CELEBA_COLORS)
+
+
+def test_celeba_partition_file_errors(tmp_path):
+    root = celeba_raw(tmp_path)
+    (root / images.CELEBA_PARTITION).write_text("000001.jpg 0\n000002.jpg 3\n")
+    with pytest.raises(pdata.DataError, match=r"list_eval_partition.txt:2"):
+        pdata.build_celeba64(root, seed=0, test_fraction=0.5)
+    (root / images.CELEBA_PARTITION).write_text("000001.jpg 0\n000099.jpg 2\n")
+    with pytest.raises(pdata.MissingFilesError, match="000099.jpg"):
+        pdata.build_celeba64(root, seed=0, test_fraction=0.5)
+
+
+def test_celeba_missing_says_where_to_get_it(tmp_path):
+    with pytest.raises(pdata.MissingFilesError) as info:
+        pdata.build_celeba64(tmp_path / "raw", seed=0, test_fraction=0.5)
+    message = str(info.value)
+    assert "no stable unauthenticated download" in message and images.CELEBA_URL in message
+    assert str(tmp_path / "raw" / "img_align_celeba") in message and "list_eval_partition.txt" in message
+
+
+# --- LSUN bedroom: the official LMDB export ---------------------------------------------------
+
+def test_lsun_lmdb_first_keys_and_seeded_split(tmp_path):
+    entries = lsun_entries(5)
+    write_lmdb(tmp_path / images.LSUN_BEDROOM_LMDB, dict(reversed(entries.items())))  # LMDB sorts the keys
+    prepared = pdata.build_lsun_bedroom256(tmp_path, seed=0, test_fraction=0.25, max_images=4)
+    train, test = prepared.arrays["train"], prepared.arrays["test"]
+    assert train.shape == (3, 3, 256, 256) and test.shape == (1, 3, 256, 256) and train.dtype == np.uint8
+    got = centre_colors(np.concatenate([train, test]))
+    assert near(sorted(got), sorted(lsun_colors_in_key_order(5)[:4]))  # the first 4 keys, and only those
+    keys = prepared.split["keys"]
+    assert prepared.split["method"] == "random" and keys["first"] == min(entries) and keys["count"] == 4
+    assert prepared.source.endswith(images.LSUN_BEDROOM_LMDB)
+
+
+def test_lsun_val_lmdb_is_the_test_split(tmp_path):
+    write_lmdb(tmp_path / images.LSUN_BEDROOM_LMDB, lsun_entries(4))
+    portrait = Image.new("RGB", (256, 300), (90, 90, 90))
+    write_lmdb(tmp_path / images.LSUN_BEDROOM_VAL_LMDB, {lsun_key(100): encoded(portrait, "WEBP")})
+    prepared = pdata.build_lsun_bedroom256(tmp_path, seed=0, test_fraction=0.25)
+    assert near(centre_colors(prepared.arrays["train"]), lsun_colors_in_key_order(4))  # all, in key order
+    assert centre_colors(prepared.arrays["test"]) == [(90, 90, 90)]  # lossless WebP: exact
+    assert prepared.split["method"] == "official" and prepared.seed is None
+    assert prepared.split["keys"]["test"]["count"] == 1
+
+
+def test_lsun_crop_is_exact_when_the_shorter_side_is_256(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (256, 341, 3), dtype=np.uint8)
+    write_lmdb(tmp_path / images.LSUN_BEDROOM_LMDB, {"a" * 40: encoded(Image.fromarray(noise), "PNG"),
+                                                    "b" * 40: encoded(Image.fromarray(noise[:, ::-1]), "PNG")})
+    prepared = pdata.build_lsun_bedroom256(tmp_path, seed=0, test_fraction=0.5)
+    left = (341 - 256) // 2  # score_sde's crop_resize: offset (w - min(h, w)) // 2, then a resize by 1
+    both = {prepared.arrays["train"][0].tobytes(), prepared.arrays["test"][0].tobytes()}
+    assert noise[:, left:left + 256].transpose(2, 0, 1).tobytes() in both
+
+
+def test_crop_resize_takes_the_central_square():
+    img = Image.new("RGB", (768, 512), (255, 0, 0))
+    img.paste((0, 0, 255), (128, 0, 640, 512))  # the central 512 x 512 square is blue
+    out = np.asarray(images.crop_resize(img, 256))
+    assert out.shape == (256, 256, 3) and out[..., 0].max() == 0 and out[..., 2].min() == 255
+
+
+def test_lsun_lmdb_bad_value_names_the_key(tmp_path):
+    write_lmdb(tmp_path / images.LSUN_BEDROOM_LMDB, {"a" * 40: encoded(Image.new("RGB", (256, 256))),
+                                                    "b" * 40: b"not an image"})
+    with pytest.raises(pdata.DataError, match="b" * 40):
+        pdata.build_lsun_bedroom256(tmp_path, seed=0, test_fraction=0.5)
+
+
+def test_lsun_exported_files_still_read(tmp_path):
+    # The LSUN tool's `export`: <out>/<key[0]>/.../<key[5]>/<key>.webp holding JPEG bytes.
+    for key, value in lsun_entries(3).items():
+        path = tmp_path / images.LSUN_BEDROOM_DIR / "/".join(key[:6]) / f"{key}.webp"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(value)
+    prepared = pdata.build_lsun_bedroom256(tmp_path, seed=0, test_fraction=0.34)
+    assert prepared.arrays["train"].shape == (2, 3, 256, 256) and prepared.split["method"] == "random"
+    both = centre_colors(np.concatenate([prepared.arrays["train"], prepared.arrays["test"]]))
+    assert near(sorted(both), sorted(lsun_colors_in_key_order(3)))
+    assert prepared.source.endswith(images.LSUN_BEDROOM_DIR)
+
+
+def test_lsun_missing_says_where_to_get_it(tmp_path):
+    with pytest.raises(pdata.MissingFilesError) as info:
+        pdata.build_lsun_bedroom256(tmp_path / "raw", seed=0, test_fraction=0.5)
+    message = str(info.value)
+    assert images.LSUN_TOOLS_URL in message and "data.download does not fetch it" in message
+    assert str(tmp_path / "raw" / "bedroom_train_lmdb") in message and "bedroom_val_lmdb" in message

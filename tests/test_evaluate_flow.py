@@ -4,11 +4,13 @@ The helpers `digits_dir` and `make_checkpoint` are shared with test_registry.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -72,6 +74,26 @@ def small_params(tmp_path: Path, **overrides) -> EvaluateParams:
     return EvaluateParams(**{**values, **overrides})
 
 
+def count_extractions(monkeypatch) -> list[int]:
+    """Record the row count of every digits-CNN feature extraction (samples and reference splits alike)."""
+    from pfgm import metrics as pmetrics
+
+    sizes: list[int] = []
+    real = pmetrics.digits_extractor
+
+    def counting(*args, **kwargs):
+        extractor = real(*args, **kwargs)
+
+        def extract(images):
+            sizes.append(len(images))
+            return extractor.extract(images)
+
+        return dataclasses.replace(extractor, extract=extract)
+
+    monkeypatch.setattr(pmetrics, "digits_extractor", counting)
+    return sizes
+
+
 def runs(**filters) -> list:
     return mlflow.search_runs(search_all_experiments=True, output_format="list", **filters)
 
@@ -85,9 +107,14 @@ def test_evaluate_digits_end_to_end(prefect_test_env, tracking, digits, tmp_path
     result = evaluate(params, data_dir=str(digits), model_path=str(model_path))
 
     numeric = ("fid", "fid_untrained", "fid_floor", "bpd", "nfe", "nfe_max", "nfe_untrained",
-               "seconds_per_sample", "num_samples")
+               "seconds_per_sample", "num_samples", "kid", "fid_seed0", "kid_seed0")
     assert all(math.isfinite(result[k]) for k in numeric), result
     assert result["method"] == "euler" and result["features"] == "digits" and result["num_samples"] == 96
+    # One sample set (evaluate.seed): its FID is the mean and the min, with no spread.
+    assert result["fid_seed0"] == result["fid"] == result["fid_min"] and result["fid_std"] == 0.0
+    assert result["kid_seed0"] == result["kid"] > 0  # 30 training steps: far from the data
+    assert (result["fid_reference"], result["fid_mode"], result["quantize"], result["seeds"]) == (
+        "test", None, "round", "0")
     assert result["nfe"] == 8 and result["nfe_untrained"] == 20
     assert 0 < result["fid_floor"] < result["fid_untrained"]
     assert json.loads(Path(params.out).read_text()) == result
@@ -96,6 +123,9 @@ def test_evaluate_digits_end_to_end(prefect_test_env, tracking, digits, tmp_path
     assert run.info.status == "FINISHED"
     assert run.data.tags["train_run_id"] == "train-run-0" and run.data.params["method"] == "euler"
     assert run.data.metrics["fid"] == pytest.approx(result["fid"])
+    assert run.data.metrics["kid"] == pytest.approx(result["kid"])
+    assert run.data.params["fid_reference"] == "test" and run.data.params["fid_features"] == "digits CNN"
+    assert len(run.data.params["fid_reference_key"]) == 64 and run.data.params["fid_mode"] == "None"
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"samples.png", "samples_untrained.png"} <= artifacts
 
@@ -105,6 +135,66 @@ def test_evaluate_digits_end_to_end(prefect_test_env, tracking, digits, tmp_path
     samples = mlflow.pyfunc.load_model("models:/evaluate-test@champion").predict(
         {"num_samples": 3, "method": "euler", "steps": 4, "seed": 1})
     assert samples.shape == (3, *SHAPE)
+
+
+def test_seed_sets_train_reference_truncation_and_the_cache(prefect_test_env, tracking, digits, tmp_path,
+                                                            monkeypatch):
+    from flows.evaluate import evaluate
+
+    model_path = make_checkpoint(tmp_path / "model.pt", data=pdata.load_split(digits, "train"), steps=20)
+    sizes = count_extractions(monkeypatch)
+    common = dict(seed=3, num_samples=64, batch_size=64, bpd_images=0, register_model=False,
+                  stats_cache=str(tmp_path / "fid-stats"))
+    single = evaluate(small_params(tmp_path, **common), data_dir=str(digits), model_path=str(model_path))
+    assert sorted(n for n in sizes if n > 64) == [300]  # the test split's features, computed once
+    sizes.clear()
+    params = small_params(tmp_path, **common, seeds=[3, 5], fid_reference="train", quantize="truncate")
+    sets = evaluate(params, data_dir=str(digits), model_path=str(model_path))
+    assert sorted(n for n in sizes if n > 64) == [1497]  # the train split's; the test split's came from the cache
+    fids = [sets["fid_seed3"], sets["fid_seed5"]]
+    assert sets["fid"] == pytest.approx(np.mean(fids)) and sets["fid_min"] == min(fids)
+    assert sets["fid_std"] == pytest.approx(np.std(fids, ddof=1)) and fids[0] != fids[1]
+    assert sets["kid"] == pytest.approx(np.mean([sets["kid_seed3"], sets["kid_seed5"]]))
+    assert sets["fid_floor"] == single["fid_floor"]  # the floor stays train vs test
+    assert sets["fid_seed3"] != single["fid"]  # same samples, other reference and quantisation
+    assert sets["nfe"] == 8 and (sets["fid_reference"], sets["quantize"], sets["seeds"]) == ("train", "truncate", "3,5")
+    run = mlflow.get_run(sets["run_id"])
+    assert run.data.params["seeds"] == "3,5" and run.data.params["fid_reference"] == "train"
+    assert run.data.metrics["fid_seed5"] == pytest.approx(sets["fid_seed5"])
+    # The second run of the same settings extracts the samples' features only, and scores the same.
+    sizes.clear()
+    again = evaluate(params, data_dir=str(digits), model_path=str(model_path))
+    assert all(n <= 64 for n in sizes) and len(sizes) == 4  # two sets, the untrained samples, the floor's rows
+    assert {k: again[k] for k in ("fid", "kid", "fid_floor")} == {k: sets[k] for k in ("fid", "kid", "fid_floor")}
+
+
+def test_inception_weights_download_in_the_checks(digits, tmp_path, monkeypatch):
+    """evaluate.download_weights: fetched before any run (here from a file:// URL), or refused when corrupted."""
+    from flows.evaluate import check_inputs
+    from pfgm import inception
+    from pfgm.metrics import WeightsChecksumError
+    from test_metrics import _save_fake_inception
+
+    model_path = make_checkpoint(tmp_path / "model.pt")
+    served = tmp_path / "served.pt"
+    _save_fake_inception(served)
+    monkeypatch.setattr(inception, "INCEPTION_URL", served.resolve().as_uri())
+    monkeypatch.setattr(inception, "INCEPTION_SHA256", "0" * 64)
+    path = tmp_path / "weights" / "inception-2015-12-05.pt"
+    params = small_params(tmp_path, features="inception", inception_path=str(path), fid_mode="legacy_tensorflow",
+                          download_weights=True)
+    with pytest.raises(WeightsChecksumError, match="0" * 64):
+        check_inputs(params, str(digits), str(model_path))
+    assert not path.exists() and list(path.parent.iterdir()) == []
+    monkeypatch.setattr(inception, "INCEPTION_SHA256", inception.sha256_file(served))
+    plan, _ = check_inputs(params, str(digits), str(model_path))
+    assert path.read_bytes() == served.read_bytes() and plan.features == "inception"
+    assert {"kid", "fid_min", "inception_score"} <= set(plan.metric_keys)
+    legacy_pytorch = params.model_copy(update=dict(fid_mode="legacy_pytorch", download_weights=False))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    with pytest.raises(FileNotFoundError, match="pytorch-fid"):
+        check_inputs(legacy_pytorch, str(digits), str(model_path))
 
 
 def test_evaluate_pfgmpp_uses_heun_and_skips_bpd(prefect_test_env, tracking, digits, tmp_path):
@@ -161,6 +251,11 @@ def _write_params(tmp_path: Path, digits: Path, model_dir: Path, evaluate_sectio
     ("  method: euler\n  steps: 4\n  device: cpu\n  features: inception\n"
      "  inception_path: {tmp}/inception-2015-12-05.pt\n",
      "Inception weights not found at"),
+    ("  seeds: [1, 1]\n", "evaluate.seeds"),
+    ("  seeds: []\n", "evaluate.seeds"),
+    ("  fid_reference: validation\n", "evaluate.fid_reference"),
+    ("  fid_mode: tensorflow\n", "evaluate.fid_mode"),
+    ("  quantize: floor\n", "evaluate.quantize"),
 ])
 def test_invalid_settings_fail_before_any_run(prefect_test_env, tracking, digits, tmp_path, section, message):
     from flows.evaluate import main

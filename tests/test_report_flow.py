@@ -105,6 +105,10 @@ def test_report_on_digits(prefect_test_env, tracking, digits, tmp_path):
     assert evaluate_row["origin"] == "this run: evaluate" and evaluate_row["data"] == "digits"
     assert float(evaluate_row["fid"]) == 20.5 and float(evaluate_row["bpd"]) == 5.125
     assert evaluate_row["solver"] == "euler" and evaluate_row["num_samples"] == "96"
+    # An evaluate.json without the FID protocol keys (older runs) compared with the test split, one set.
+    assert evaluate_row["features"] == "digits CNN (prepare stage) vs test split"
+    assert evaluate_row["protocol"] == ("FID, KID: 96 samples per set, one set; digits CNN (prepare stage) vs test "
+                                        "split statistics; samples to uint8 by round (docs/FID.md)")
     assert sweep_row["origin"] == "this run: sweep best" and float(sweep_row["fid"]) == 18.0
     assert sweep_row["solver"] == "RK45 tol=1e-3" and float(sweep_row["nfe"]) == 50.25
     assert sweep_row["num_samples"] == "500"
@@ -116,6 +120,8 @@ def test_report_on_digits(prefect_test_env, tracking, digits, tmp_path):
     text = (out / "table.md").read_text()
     assert "Nothing is published on digits in PFGM.md: the published rows below are CIFAR-10" in text
     assert "~104" in text and "| 18.00 |" in text
+    assert "Protocol of this run's FIDs:" in text and "- this run: sweep best: FID, KID: 500 samples per set" in text
+    assert "best of three 50k sets with our `fid_min`" in text
 
     run = mlflow.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "report"
@@ -156,6 +162,27 @@ def test_published_rows_of_the_same_data_set_name_the_differences():
     assert "50000 samples" in rows[-1].comparison and rows[-1].protocol.startswith("FID: quoted in the PFGM++ README")
     assert rows[0].protocol.startswith("FID, IS: 10k samples, TF Inception")
     assert "NFE: official RK45" in rows[0].protocol
+
+
+def test_our_fid_protocol_and_the_statistic_each_published_row_compares_with():
+    from flows.report import TableRow, _sets_text, features_text, fid_protocol_text, published_rows
+
+    ev = dict(features="inception", fid_mode="legacy_tensorflow", fid_reference="train", quantize="round",
+              seeds="0,1,2", fid_min=1.5, fid_std=0.125, num_samples=50000)
+    assert features_text(ev) == "clean-fid Inception (legacy_tensorflow) vs train split"
+    # The digits CNN has no Inception preprocessing: no mode in its name.
+    assert features_text(dict(features="digits", fid_mode="clean")) == "digits CNN (prepare stage) vs test split"
+    text = fid_protocol_text(ev, 50000, sets=_sets_text(ev))
+    assert text == ("FID, KID: 50000 samples per set, 3 sets (seeds 0, 1, 2): FID is their mean, fid_min 1.50, "
+                    "fid_std 0.12; clean-fid Inception (legacy_tensorflow) vs train split statistics; samples to "
+                    "uint8 by round (docs/FID.md)")
+    ours = TableRow(origin="this run: evaluate", data="cifar10", model="x", num_samples=50000,
+                    features=features_text(ev))
+    rows = {r.model: r for r in published_rows(load_published(), "cifar10", "cifar10", ours)}
+    assert rows["PFGM++ NCSN++ D=128"].comparison.endswith(
+        "published FID is the best of 3 seed sets: compare with our fid_min")
+    assert "fid_min" not in rows["PFGM DDPM++"].comparison and "10000 samples vs our 50000" in rows[
+        "PFGM DDPM++"].comparison
 
 
 def test_solver_family_and_sweep_table_checks(tmp_path):

@@ -76,13 +76,17 @@ def test_four_workers_lose_no_run_and_no_metric(prefect_test_env, tracking, digi
     for run in runs:
         row = table[table["run_id"] == run.info.run_id].iloc[0]
         assert run.info.status == "FINISHED" and run.data.tags["diverged"] == "false"
-        assert set(run.data.metrics) == POINT_METRICS | {"fid"}
+        assert set(run.data.metrics) == POINT_METRICS | {"fid", "kid"}
         assert run.data.metrics["fid"] == pytest.approx(row["fid"]) and run.data.metrics["nfe"] == row["nfe"]
+        assert run.data.metrics["kid"] == pytest.approx(row["kid"])
         assert run.data.params["solver"] == row["solver"] and run.data.params["checkpoint"] == str(trained)
         assert {a.path for a in MlflowClient().list_artifacts(run.info.run_id)} == {"samples.png"}
 
     on_disk = pd.read_csv(params.table)
     assert list(on_disk.columns[: len(COLUMNS)]) == COLUMNS and list(on_disk["run_id"]) == list(table["run_id"])
+    assert list(on_disk.columns[len(COLUMNS):]) == ["objective", "nonfinite_samples", "kid"]
+    assert table["kid"].map(math.isfinite).all()
+    assert parent.data.params["fid_reference"] == "test" and parent.data.params["quantize"] == "round"
     summary = json.loads(Path(params.out).read_text())
     assert summary == result.summary and summary["points"] == 8 and summary["run_id"] == result.run_id
     assert summary["fid_best"] == pytest.approx(table["fid"].min())
@@ -138,6 +142,7 @@ def test_diverging_points_are_results(prefect_test_env, tracking, digits, traine
                        labels=["trained", "broken"])
     table = result.table.set_index(["checkpoint", "solver"])
     assert table.loc["broken", "fid"].isna().all() and (table.loc["broken", "nonfinite_samples"] == 32).all()
+    assert table.loc["broken", "kid"].isna().all() and table.loc["trained", "kid"].map(math.isfinite).all()
     assert table.loc["trained", "fid"].map(math.isfinite).all()
     assert math.isnan(table.loc[("broken", "RK45 tol=1e-2"), "nfe"])  # the solver gave up
     assert result.summary["diverged_points"] == 2 and result.summary["fid_best_checkpoint"] == "trained"
@@ -171,6 +176,28 @@ def test_a_failing_point_fails_the_sweep_and_leaves_nothing_running(prefect_test
     assert not Path(params.out).exists()
 
 
+def test_sweep_reads_the_reference_features_evaluate_cached(prefect_test_env, tracking, digits, trained, tmp_path,
+                                                            monkeypatch):
+    """evaluate, then sweep with the same stats_cache and reference: the sweep extracts no reference features."""
+    from flows.evaluate import evaluate
+    from flows.params import EvaluateParams
+    from flows.sweep import run_sweep
+    from test_evaluate_flow import count_extractions
+
+    sizes = count_extractions(monkeypatch)
+    cache = str(tmp_path / "fid-stats")
+    evaluate(EvaluateParams(out=str(tmp_path / "evaluate.json"), device="cpu", method="euler", steps=3,
+                            num_samples=32, batch_size=32, bpd_images=0, register_model=False, stats_cache=cache,
+                            fid_reference="train", quantize="truncate"),
+             data_dir=str(digits), model_path=str(trained))
+    assert sorted(n for n in sizes if n > 32) == [300, 1497]  # the train reference and the test one (floor)
+    sizes.clear()
+    params = small_params(tmp_path, solvers=[dict(method="euler", steps=[3])], workers=1, stats_cache=cache,
+                          fid_reference="train", quantize="truncate")
+    table = run_sweep(params, data_dir=str(digits), checkpoints=[str(trained)]).table
+    assert sizes == [32] and math.isfinite(table["fid"].iloc[0])  # the point's samples only
+
+
 def _write_params(tmp_path: Path, digits: Path, model_dir: Path, sweep_section: str) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(f"data:\n  out: {digits}\ntrain:\n  out: {model_dir}\nsweep:\n  device: cpu\n{sweep_section}")
@@ -186,6 +213,9 @@ def _write_params(tmp_path: Path, digits: Path, model_dir: Path, sweep_section: 
     ("  workers: 0\n", "sweep.workers"),
     ("  num_samples: '8'\n", "sweep.num_samples"),
     ("  features: inception\n  inception_path: {tmp}/inception-2015-12-05.pt\n", "Inception weights not found at"),
+    ("  fid_reference: validation\n", "sweep.fid_reference"),
+    ("  fid_mode: tensorflow\n", "sweep.fid_mode"),
+    ("  quantize: floor\n", "sweep.quantize"),
     ("  checkpoints: [{tmp}/missing.pt]\n", "sweep.checkpoints"),
 ])
 def test_invalid_settings_fail_before_any_run(prefect_test_env, tracking, digits, trained, tmp_path, section,

@@ -1,22 +1,34 @@
 """Image data sets read from raw files on disk: CIFAR-10, CelebA 64, LSUN bedroom 256, a folder.
 
-Nothing here downloads. When the raw files are missing the builders raise MissingFilesError
-saying which files to put where. Crops and resizes follow score_sde (which PFGM builds on):
-CelebA is centre-cropped to 140 x 140 then resized to 64; LSUN and plain folders are resized so
-the shorter side has the target size, then centre-cropped. Resizing is PIL bilinear, which is
-antialiased when downscaling, like score_sde's tf.image.resize(antialias=True).
+Only CIFAR-10 is ever downloaded, and only when asked (`download=True`): it is the one set with a
+stable, unauthenticated URL and a published checksum. CelebA and LSUN have neither, so when their
+files are missing the builders raise MissingFilesError saying where to get them and where to put
+them. The splits are the published ones where the files carry them: CIFAR-10's batches, CelebA's
+list_eval_partition.txt, LSUN's train and validation LMDBs; a seeded random split otherwise.
+
+Crops and resizes follow score_sde's datasets.py (which PFGM's code copies): CelebA is
+centre-cropped to 140 x 140, then resized to 64 (bilinear, antialiased); LSUN at 256 takes the
+central square of side min(h, w), then resizes it (bicubic, antialiased) -- an exact crop for
+LSUN's own images, whose shorter side is already 256. Plain folders are resized so the shorter
+side has the target size, then centre-cropped. PIL's resampling widens its filter when
+downscaling, like tf.image.resize(antialias=True); PIL rounds to uint8 where TF truncates.
 """
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pfgm.data.store import DataError, MissingFilesError, Prepared, split_indices
+from pfgm.data.download import DownloadError, Fetch, download_verified, md5_file, safe_extract_tar
+from pfgm.data.store import ChecksumError, DataError, MissingFilesError, Prepared, split_indices
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 
@@ -24,9 +36,21 @@ CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = ("test_batch",)
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CELEBA_DIR = "img_align_celeba"
-LSUN_BEDROOM_DIR = "bedroom_train"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published with the archive; torchvision checks the same
 
+CELEBA_DIR = "img_align_celeba"
+CELEBA_PARTITION = "list_eval_partition.txt"
+CELEBA_PARTITIONS = {0: "train", 1: "valid", 2: "test"}
+CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
+
+LSUN_BEDROOM_DIR = "bedroom_train"
+LSUN_BEDROOM_LMDB = "bedroom_train_lmdb"
+LSUN_BEDROOM_VAL_LMDB = "bedroom_val_lmdb"
+LSUN_TOOLS_URL = "https://github.com/fyu/lsun"
+
+
+# --- image operations ----------------------------------------------------------------------------
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
     """The central size x size square of img (which must be at least that large)."""
@@ -45,31 +69,52 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return center_crop(resized, size)
 
 
+def crop_resize(img: Image.Image, size: int) -> Image.Image:
+    """score_sde's crop_resize (LSUN at 256): the central min(w, h) square, resized to size x size
+    (bicubic, antialiased). Cropping first keeps the square's pixels exact when min(w, h) == size."""
+    return center_crop(img, min(img.size)).resize((size, size), Image.BICUBIC)
+
+
 def celeba_transform(img: Image.Image, size: int = 64, crop: int = 140) -> Image.Image:
     """score_sde's CelebA preprocessing: centre crop 140 x 140, then resize to size x size."""
     return resize_center_crop(center_crop(img, crop), size)
 
 
-def read_image(path: str | os.PathLike, channels: int) -> Image.Image:
-    """Open an image file as greyscale (channels 1) or RGB (channels 3), fully decoded.
+def lsun_transform(img: Image.Image) -> Image.Image:
+    """score_sde's LSUN preprocessing at 256 x 256 (crop_resize)."""
+    return crop_resize(img, 256)
 
-    Raises DataError naming the file if it cannot be decoded, or if it has a transparent alpha
+
+# --- decoding ------------------------------------------------------------------------------------
+
+def read_image(source: str | os.PathLike | IO[bytes], channels: int, name: str | None = None) -> Image.Image:
+    """Open an image (a path, or a binary file object called `name` in errors) as greyscale
+    (channels 1) or RGB (channels 3), fully decoded.
+
+    Raises DataError naming the image if it cannot be decoded, or if it has a transparent alpha
     channel (dropping real transparency would change the picture; a fully opaque alpha channel is
     dropped silently).
     """
+    where = name or source
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             img.load()
             if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                 rgba = img.convert("RGBA")
                 if rgba.getchannel("A").getextrema() != (255, 255):
-                    raise DataError(f"{path}: image has a transparent alpha channel; flatten it first")
+                    raise DataError(f"{where}: image has a transparent alpha channel; flatten it first")
                 img = rgba
             return img.convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"{path}: cannot decode image ({err})") from err
+        raise DataError(f"{where}: cannot decode image ({err})") from err
+
+
+def image_to_array(img: Image.Image) -> np.ndarray:
+    """A PIL image as uint8 (C, H, W)."""
+    a = np.asarray(img, dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -86,14 +131,68 @@ def read_images(
     """Decode, transform and stack images into uint8 (N, C, H, W); DataError names a bad file."""
     out = []
     for path in paths:
-        img = transform(read_image(path, channels))
-        a = np.asarray(img, dtype=np.uint8)
-        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        a = image_to_array(transform(read_image(path, channels)))
         if out and a.shape != out[0].shape:
             raise DataError(f"{path}: transformed to shape {a.shape}, others are {out[0].shape}")
         out.append(a)
     return np.stack(out)
 
+
+def _import_lmdb():
+    try:
+        import lmdb
+    except ImportError as err:  # a dependency of the package; absent only in a hand-made environment
+        raise DataError("reading LMDB databases needs the `lmdb` package: pip install lmdb") from err
+    return lmdb
+
+
+def read_lmdb_images(
+    db: str | os.PathLike,
+    transform: Callable[[Image.Image], Image.Image],
+    channels: int,
+    max_images: int | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Decode and transform the encoded images stored as values of an LMDB database folder.
+
+    db holds data.mdb (the layout of LSUN's official `*_lmdb` exports: keys are image ids, values
+    JPEG or WebP bytes). Reads the first max_images entries in key order (LMDB's own order: bytes,
+    lexicographic), or all. Returns uint8 (N, C, H, W) and the N keys. The database is opened
+    read-only without a lock file, so a read-only copy works; DataError names a bad entry.
+    """
+    db = Path(db)
+    if not (db / "data.mdb").is_file():
+        raise MissingFilesError(f"{db}: no data.mdb (not an LMDB database folder)")
+    lmdb = _import_lmdb()
+    try:
+        env = lmdb.open(str(db), readonly=True, lock=False, readahead=False, subdir=True)
+    except lmdb.Error as err:
+        raise DataError(f"{db}: cannot open as an LMDB database ({err})") from err
+    try:
+        with env.begin() as txn:
+            n = txn.stat()["entries"] if max_images is None else min(txn.stat()["entries"], max_images)
+            if n == 0:
+                raise DataError(f"{db}: the LMDB database holds no entries")
+            images, keys = None, []
+            # Filled in place: a list of arrays plus np.stack would hold the whole set twice.
+            for key, value in txn.cursor():
+                if len(keys) == n:
+                    break
+                name = f"{db} key {key.decode('ascii', errors='replace')}"
+                a = image_to_array(transform(read_image(io.BytesIO(value), channels, name)))
+                if images is None:
+                    images = np.empty((n, *a.shape), dtype=np.uint8)
+                elif a.shape != images.shape[1:]:
+                    raise DataError(f"{name}: transformed to shape {a.shape}, others are {images.shape[1:]}")
+                images[len(keys)] = a
+                keys.append(key.decode("ascii", errors="replace"))
+    except lmdb.Error as err:
+        raise DataError(f"{db}: cannot read the LMDB database ({err})") from err
+    finally:
+        env.close()
+    return images, keys
+
+
+# --- image folders (seeded split) ----------------------------------------------------------------
 
 def _folder_dataset(
     name: str,
@@ -141,29 +240,201 @@ def build_folder(
     )
 
 
+# --- CelebA --------------------------------------------------------------------------------------
+
+def read_celeba_partition(path: str | os.PathLike) -> dict[str, int]:
+    """CelebA's list_eval_partition.txt as {file name: partition}, 0 train, 1 valid, 2 test.
+
+    Each non-empty line is `<file name> <partition>` (e.g. `000001.jpg 0`); DataError names the
+    first malformed or repeated line.
+    """
+    path = Path(path)
+    partition: dict[str, int] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+            raise DataError(f"{path}:{number}: expected `<image> <0|1|2>`, got {line.strip()!r}")
+        if fields[0] in partition:
+            raise DataError(f"{path}:{number}: {fields[0]} is listed twice")
+        partition[fields[0]] = int(fields[1])
+    if not partition:
+        raise DataError(f"{path}: no entries")
+    return partition
+
+
+def _celeba_hint(root: Path) -> str:
+    return (f"CelebA has no stable unauthenticated download (it is shared through Google Drive and Baidu "
+            f"after agreeing to its terms), so data.download does not fetch it: get img_align_celeba.zip "
+            f"and Eval/{CELEBA_PARTITION} from {CELEBA_URL}, extract the zip into {root} (giving "
+            f"{root / CELEBA_DIR}/000001.jpg ... 202599.jpg) and put {CELEBA_PARTITION} at "
+            f"{root / CELEBA_PARTITION} for the official split.")
+
+
+def _celeba_official(root: Path, max_images: int | None) -> Prepared:
+    """CelebA split by its partition file: train = partition 0, test = partition 2 (1 unused)."""
+    folder, partition_file = root / CELEBA_DIR, root / CELEBA_PARTITION
+    partition = read_celeba_partition(partition_file)
+    counts = {label: sum(p == code for p in partition.values()) for code, label in CELEBA_PARTITIONS.items()}
+    names = {label: sorted(f for f, p in partition.items() if p == code)[:max_images]
+             for code, label in ((0, "train"), (2, "test"))}
+    arrays = {}
+    for split, files in names.items():
+        if not files:
+            raise DataError(f"celeba64: {partition_file} lists no images in the {split} partition")
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing:
+            raise MissingFilesError(
+                f"celeba64: {len(missing)} images of the {split} partition listed in {partition_file} are "
+                f"not in {folder} (first: {missing[0]}); the partition file and the folder must match")
+        arrays[split] = read_images([folder / f for f in files], celeba_transform, 3)
+    return Prepared(
+        name="celeba64",
+        kind="image",
+        arrays=arrays,
+        source=str(folder),
+        seed=None,
+        split={"method": "official", "partition_file": str(partition_file),
+               "train": "partition 0 (train)", "test": "partition 2 (test)",
+               "unused": "partition 1 (valid)", "partition_counts": counts,
+               "max_images_per_split": max_images,
+               "files": {part: {"first": files[0], "count": len(files)} for part, files in names.items()}},
+    )
+
+
 def build_celeba64(
     root: str | os.PathLike, seed: int, test_fraction: float, max_images: int | None = None
 ) -> Prepared:
-    """CelebA aligned faces from <root>/img_align_celeba/*.jpg: crop 140, resize 64, uint8
-    (N, 3, 64, 64) with a seeded split (not the official partition)."""
-    hint = (f"Put the aligned CelebA images (img_align_celeba.zip, extracted) at "
-            f"{Path(root) / CELEBA_DIR}/000001.jpg ... 202599.jpg.")
-    return _folder_dataset(
-        "celeba64", Path(root) / CELEBA_DIR, celeba_transform, 3, seed, test_fraction, max_images, hint
+    """CelebA aligned faces from <root>/img_align_celeba/*.jpg: crop 140, resize 64, uint8 (N, 3, 64, 64).
+
+    With <root>/list_eval_partition.txt: CelebA's official split, train = partition 0 (162,770
+    images), test = partition 2 (19,962); the valid partition is left out; max_images keeps the
+    first max_images files (sorted) of each split; seed and test_fraction are unused. Without it: a
+    seeded random split of the first max_images files (sorted). The manifest's split says which.
+    """
+    root = Path(root)
+    if not (root / CELEBA_DIR).is_dir():
+        raise MissingFilesError(f"celeba64: image folder {root / CELEBA_DIR} not found. {_celeba_hint(root)}")
+    if (root / CELEBA_PARTITION).is_file():
+        return _celeba_official(root, max_images)
+    prepared = _folder_dataset(
+        "celeba64", root / CELEBA_DIR, celeba_transform, 3, seed, test_fraction, max_images, _celeba_hint(root)
     )
+    prepared.split["note"] = f"no {root / CELEBA_PARTITION}: a seeded random split, not CelebA's partition"
+    return prepared
+
+
+# --- LSUN bedroom --------------------------------------------------------------------------------
+
+def _lsun_hint(root: Path) -> str:
+    return (f"LSUN has no stable download with a published checksum (the official tool, {LSUN_TOOLS_URL}: "
+            f"`python download.py -c bedroom`, fetches bedroom_train_lmdb.zip and bedroom_val_lmdb.zip from "
+            f"a server that is often unavailable), so data.download does not fetch it: download and unzip "
+            f"them into {root} (giving {root / LSUN_BEDROOM_LMDB}/data.mdb and "
+            f"{root / LSUN_BEDROOM_VAL_LMDB}/data.mdb), or put exported image files under "
+            f"{root / LSUN_BEDROOM_DIR}/.")
+
+
+def _key_range(keys: list[str]) -> dict[str, object]:
+    return {"first": keys[0], "last": keys[-1], "count": len(keys)}
+
+
+def _lsun_from_lmdb(root: Path, seed: int, test_fraction: float, max_images: int | None) -> Prepared:
+    train_db, val_db = root / LSUN_BEDROOM_LMDB, root / LSUN_BEDROOM_VAL_LMDB
+    train, train_keys = read_lmdb_images(train_db, lsun_transform, 3, max_images)
+    if (val_db / "data.mdb").is_file():
+        test, test_keys = read_lmdb_images(val_db, lsun_transform, 3, max_images)
+        split = {"method": "official", "train": LSUN_BEDROOM_LMDB, "test": LSUN_BEDROOM_VAL_LMDB,
+                 "max_images_per_split": max_images,
+                 "keys": {"train": _key_range(train_keys), "test": _key_range(test_keys)}}
+        arrays, seed_used = {"train": train, "test": test}, None
+    else:
+        tr, te = split_indices(len(train), test_fraction, seed)
+        split = {"method": "random", "test_fraction": test_fraction, "seed": seed,
+                 "note": f"no {val_db}/data.mdb: seeded random split of {LSUN_BEDROOM_LMDB}",
+                 "keys": _key_range(train_keys)}
+        arrays, seed_used = {"train": train[tr], "test": train[te]}, seed
+    return Prepared(name="lsun-bedroom256", kind="image", arrays=arrays, source=str(train_db),
+                    seed=seed_used, split=split)
 
 
 def build_lsun_bedroom256(
     root: str | os.PathLike, seed: int, test_fraction: float, max_images: int | None = None
 ) -> Prepared:
-    """LSUN bedrooms exported as image files under <root>/bedroom_train/: shorter side resized to
-    256, centre crop 256, uint8 (N, 3, 256, 256) with a seeded split."""
-    hint = (f"Export the LSUN bedroom_train_lmdb to image files (e.g. with the LSUN tools' "
-            f"`python data.py export bedroom_train_lmdb --out_dir ...`) under {Path(root) / LSUN_BEDROOM_DIR}.")
-    return _folder_dataset(
-        "lsun-bedroom256", Path(root) / LSUN_BEDROOM_DIR, lambda img: resize_center_crop(img, 256), 3,
-        seed, test_fraction, max_images, hint,
-    )
+    """LSUN bedrooms, score_sde's crop_resize to 256: uint8 (N, 3, 256, 256).
+
+    Reads the official LMDB export <root>/bedroom_train_lmdb/ (the first max_images keys in key
+    order) when its data.mdb exists, else image files exported under <root>/bedroom_train/ (the
+    first max_images files, sorted by path, which for the LSUN tool's export is also key order).
+    Test split: <root>/bedroom_val_lmdb/ (LSUN's validation set, 300 images, score_sde's eval
+    split) when reading LMDBs and it exists; otherwise a seeded share test_fraction of the images.
+    """
+    root = Path(root)
+    if (root / LSUN_BEDROOM_LMDB / "data.mdb").is_file():
+        return _lsun_from_lmdb(root, seed, test_fraction, max_images)
+    if not (root / LSUN_BEDROOM_DIR).is_dir():
+        raise MissingFilesError(
+            f"lsun-bedroom256: neither {root / LSUN_BEDROOM_LMDB}/data.mdb nor {root / LSUN_BEDROOM_DIR}/ "
+            f"exists. {_lsun_hint(root)}")
+    return _folder_dataset("lsun-bedroom256", root / LSUN_BEDROOM_DIR, lsun_transform, 3,
+                           seed, test_fraction, max_images, _lsun_hint(root))
+
+
+# --- CIFAR-10 ------------------------------------------------------------------------------------
+
+def _cifar10_missing(folder: Path) -> list[str]:
+    return [name for name in CIFAR10_TRAIN + CIFAR10_TEST if not (folder / name).is_file()]
+
+
+def _cifar10_hint(root: Path) -> str:
+    return (f"Download {CIFAR10_URL} (md5 {CIFAR10_MD5}) and extract it into {root} (it unpacks to "
+            f"{CIFAR10_DIR}/), or set data.download: true on a machine that is online.")
+
+
+def _install_cifar10(archive: Path, root: Path) -> None:
+    """Extract the verified archive into a hidden folder in root, then rename its batches folder
+    into place: <root>/cifar-10-batches-py appears complete or not at all."""
+    folder = root / CIFAR10_DIR
+    if folder.exists() and any(folder.iterdir()):
+        raise DataError(f"cifar10: {folder} exists but lacks {', '.join(_cifar10_missing(folder))}; "
+                        f"remove it so that {archive} can be extracted there")
+    staging = Path(tempfile.mkdtemp(prefix=f".{CIFAR10_DIR}.tmp-", dir=root))
+    try:
+        safe_extract_tar(archive, staging)
+        missing = _cifar10_missing(staging / CIFAR10_DIR)
+        if missing:
+            raise DataError(f"{archive}: holds no {CIFAR10_DIR}/{missing[0]}; not the CIFAR-10 python archive")
+        os.replace(staging / CIFAR10_DIR, folder)  # onto an absent or empty folder: atomic
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def fetch_cifar10(root: str | os.PathLike, *, url: str | None = None, md5: str | None = None,
+                  fetch: Fetch | None = None) -> Path:
+    """Make <root>/cifar-10-batches-py from the official archive; return that folder.
+
+    Uses <root>/cifar-10-python.tar.gz if it is there, else downloads it from `url` (default the
+    official CIFAR10_URL) with `fetch` (default pfgm.data.download.fetch_url). Either way the
+    archive must have the published md5 (default CIFAR10_MD5) before anything is extracted: a
+    download that does not is deleted (ChecksumError); an archive already there is left for you
+    to remove. The archive is kept beside the batches, as torchvision keeps it.
+    """
+    root = Path(root)
+    url, md5 = url or CIFAR10_URL, md5 or CIFAR10_MD5
+    archive = root / CIFAR10_ARCHIVE
+    if archive.is_file():
+        actual = md5_file(archive)
+        if actual != md5:
+            raise ChecksumError(f"cifar10: {archive} has md5 {actual}, not the published {md5}; delete it "
+                                f"(or replace it with the official archive from {url}) and run again")
+    else:
+        try:
+            download_verified(url, archive, md5, fetch=fetch)
+        except DownloadError as err:
+            raise DownloadError(f"cifar10: {err}. {_cifar10_hint(root)}") from err
+    _install_cifar10(archive, root)
+    return root / CIFAR10_DIR
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -179,22 +450,22 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
-def build_cifar10(root: str | os.PathLike) -> Prepared:
+def build_cifar10(root: str | os.PathLike, download: bool = False, *, fetch: Fetch | None = None) -> Prepared:
     """CIFAR-10 from the python batches in <root>/cifar-10-batches-py: the official 50,000 / 10,000
     split as uint8 (N, 3, 32, 32) with int64 labels.
 
-    The batches are pickles (as torchvision reads them too): only use files from the official
-    archive.
+    Missing batches are made from <root>/cifar-10-python.tar.gz when it is there, or downloaded
+    first with `download` (fetch_cifar10: md5-verified, extracted safely); otherwise
+    MissingFilesError names the URL and the folder. The batches are pickles (as torchvision reads
+    them too): only use files from the official archive.
     """
-    folder = Path(root) / CIFAR10_DIR
-    missing = [name for name in CIFAR10_TRAIN + CIFAR10_TEST if not (folder / name).is_file()]
-    if missing:
-        raise MissingFilesError(
-            f"cifar10: missing {', '.join(missing)} in {folder}. Download {CIFAR10_URL} and extract it "
-            f"into {Path(root)} (it unpacks to {CIFAR10_DIR}/), or on a machine that is online run "
-            f"`python -c \"import torchvision; torchvision.datasets.CIFAR10('{root}', download=True)\"` "
-            f"and copy {CIFAR10_DIR}/ here."
-        )
+    root = Path(root)
+    folder = root / CIFAR10_DIR
+    missing = _cifar10_missing(folder)
+    if missing and (download or (root / CIFAR10_ARCHIVE).is_file()):
+        fetch_cifar10(root, fetch=fetch)
+    elif missing:
+        raise MissingFilesError(f"cifar10: missing {', '.join(missing)} in {folder}. {_cifar10_hint(root)}")
     arrays, labels = {}, {}
     for split, names in (("train", CIFAR10_TRAIN), ("test", CIFAR10_TEST)):
         parts = [_read_cifar_batch(folder / name) for name in names]
