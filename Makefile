@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/site_cache
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup params main test bench clean
+.PHONY: setup params main test bench clean stack-up stack-down stack-status stack-deploy stack-env
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +45,25 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/field.py
 	$(BIN)/python benchmarks/train.py
+
+# The team stack (README "Team setup", scripts/stack.py): PostgreSQL, MLflow and Prefect servers, a
+# Prefect process worker and a Dask cluster, bound to 127.0.0.1, data and logs under STACK_DIR.
+# stack-up also registers the deployments of prefect.yaml; `eval "$(make -s stack-env)"` points a
+# shell at the stack.
+STACK_DIR ?= .stack
+STACK := $(BIN)/python scripts/stack.py --dir $(STACK_DIR)
+
+stack-up: setup
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status
+
+stack-deploy: setup
+	$(STACK) deploy
+
+stack-env:
+	@$(STACK) env

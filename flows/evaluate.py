@@ -19,8 +19,11 @@ of `evaluate`, the flow
      architecture (seeded fresh weights, same prior; PFGM: Euler 20 steps in ln z, PFGM++: Heun 10
      steps) whose non-finite outputs are mapped into the pixel range. A trained model should sit
      between the two;
-  4. bits/dim of bpd_images dequantised test images with pfgm.ode.log_likelihood (PFGM images; nll in
-     nats per point for 2D points; PFGM++ has no likelihood here);
+  4. bits/dim of bpd_images test images dequantised at the data's own levels (manifest), with their
+     standard error over images (`bpd_se`; `bpd_probe_se`, the probes' part, with 2 or more Hutchinson
+     probes) and beside them `bpd_baseline`, independent per-pixel histograms of the training split
+     scored on the same images (pfgm.likelihood, docs/LIKELIHOOD.md); nll and nll_se in nats per point
+     for 2D points; PFGM++ has no likelihood here;
   5. logs params, metrics and sample grids in an MLflow run of its own (tagged with the train run),
      fails the run on any non-finite metric, and only then writes evaluate.out (flat JSON for
      `dvc metrics show`) and registers the model (flows.registry), moving the `champion` alias if better.
@@ -43,14 +46,18 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.cli import command_line
 from flows.params import EvaluateParams, ParamsError, SweepParams, load_sections, params_parser
-from flows.pyfunc_model import Generated, Sampler, TrainedModel, generate, load_trained, method_name, untrained_like
+from flows.pyfunc_model import (HEUN_STEPS, Generated, Sampler, TrainedModel, generate, load_trained, method_name,
+                                 untrained_like)
 from flows.registry import log_pyfunc, register
-from flows.tracking import configure, resolve_device
+from flows.tracking import configure, evaluate_run_name, log_dataset, resolve_device
 from pfgm import data as pdata
 from pfgm import metrics as pmetrics
 from flows.train import MODEL as MODEL_FILE
-from pfgm.ode import ADAPTIVE_METHODS, METHODS, bits_per_dim, dequantize, log_likelihood
+from pfgm import likelihood as plik
+from pfgm import zsolvers
+from pfgm.ode import ADAPTIVE_METHODS, METHODS
 
 #: The untrained reference always takes a fixed number of steps, so it terminates whatever its field.
 UNTRAINED_EULER_STEPS = 20  # PFGM: Euler in ln z
@@ -69,6 +76,7 @@ class Plan:
     name: str
     features: str | None
     metric_keys: tuple[str, ...]
+    levels: int | None = None
 
 
 def resolve_features(params: EvaluateParams, manifest: dict[str, Any], section: str = "evaluate") -> str | None:
@@ -105,8 +113,37 @@ def expected_metrics(params: EvaluateParams, kind: str, features: str | None, ob
     if features == "inception" and params.fid_mode != "legacy_pytorch":  # pytorch-fid's network has no classes
         keys += ["inception_score", "inception_score_std"]
     if params.bpd_images > 0 and objective == "pfgm":
-        keys += ["bpd"] if kind == "image" else ["nll"]
+        keys += likelihood_keys("bpd" if kind == "image" else "nll", params.hutchinson)
     return tuple(keys)
+
+
+def likelihood_keys(name: str, hutchinson: int | None) -> list[str]:
+    """bpd (images) or nll (points), its standard error, the probes' part of it (2+ probes), the baseline."""
+    keys = [name, f"{name}_se"]
+    if hutchinson is not None and hutchinson >= 2:
+        keys.append(f"{name}_probe_se")
+    return keys + (["bpd_baseline"] if name == "bpd" else [])
+
+
+def likelihood_z_min(params: EvaluateParams) -> float:
+    """The plane whose density bits/dim measure: bpd_z_min, or the sampler's z_min."""
+    return params.bpd_z_min if params.bpd_z_min is not None else params.z_min
+
+
+def check_likelihood(params: EvaluateParams, manifest: dict[str, Any]) -> None:
+    """The likelihood settings suit the solver and the data size (ParamsError naming the key)."""
+    if params.bpd_method not in METHODS:
+        raise ParamsError(f"evaluate.bpd_method: must be one of {', '.join(METHODS)}; got {params.bpd_method!r}")
+    if params.bpd_method in zsolvers.SOLVERS and params.bpd_method not in zsolvers.GENERIC:
+        raise ParamsError(f"evaluate.bpd_method: {params.bpd_method} steps the data point alone and cannot carry "
+                          f"the log-density; use one of {sorted(zsolvers.GENERIC)} or a torchdiffeq method")
+    if params.bpd_method not in ADAPTIVE_METHODS and params.bpd_steps is None:
+        raise ParamsError(f"evaluate.bpd_steps: bpd_method {params.bpd_method!r} is fixed-step and needs steps")
+    dims = math.prod(manifest["shape"])
+    if params.bpd_images > 0 and params.hutchinson is None and dims > plik.EXACT_TRACE_MAX_DIMS:
+        raise ParamsError(f"evaluate.hutchinson: null takes the exact trace, {dims} vector-Jacobian products per "
+                          f"network evaluation for {manifest['name']} (exact up to {plik.EXACT_TRACE_MAX_DIMS} "
+                          "dimensions); give a number of probes (e.g. 1) or set bpd_images to 0")
 
 
 def check_model_fits(model: TrainedModel, path: str, *, z_min: float, section: str, manifest: dict[str, Any],
@@ -126,30 +163,33 @@ def check_inputs(params: EvaluateParams, data_dir: str, model_path: str) -> tupl
         raise ParamsError(f"evaluate.method: must be one of {', '.join(METHODS)}; got {params.method!r}")
     if params.method not in ADAPTIVE_METHODS and params.steps is None:
         raise ParamsError(f"evaluate.steps: method {params.method!r} is fixed-step and needs steps")
-    if params.bpd_method not in METHODS:
-        raise ParamsError(f"evaluate.bpd_method: must be one of {', '.join(METHODS)}; got {params.bpd_method!r}")
-    if params.bpd_method not in ADAPTIVE_METHODS and params.bpd_steps is None:
-        raise ParamsError(f"evaluate.bpd_steps: bpd_method {params.bpd_method!r} is fixed-step and needs steps")
     if not Path(model_path).is_file():
         raise FileNotFoundError(f"train.out: no trained model at {model_path} (run the train stage first)")
     manifest = pdata.read_manifest(data_dir)
+    check_likelihood(params, manifest)
     features = resolve_features(params, manifest)
     if features == "inception":
         # Fails fast offline; with download_weights the file is fetched and verified here, before the run.
         pmetrics.ensure_weights(params.fid_mode, params.inception_path, download=params.download_weights)
     model = load_trained(model_path, device=resolve_device(params.device))
     check_model_fits(model, model_path, z_min=params.z_min, section="evaluate", manifest=manifest, data_dir=data_dir)
+    z_max = model.hyperparameters.get("z_max")
+    if params.bpd_images > 0 and model.objective == "pfgm" and likelihood_z_min(params) >= float(z_max):
+        raise ParamsError(f"evaluate.bpd_z_min: must be below the z_max {z_max} of {model_path}, "
+                          f"got {likelihood_z_min(params)}")
     keys = expected_metrics(params, manifest["kind"], features, model.objective)
     if params.register_model and params.champion_metric not in keys:
         raise ParamsError(f"evaluate.champion_metric: {params.champion_metric!r} is not computed for this "
                           f"evaluation; choose one of {list(keys)}")
-    return Plan(kind=manifest["kind"], name=manifest["name"], features=features, metric_keys=keys), model
+    return Plan(kind=manifest["kind"], name=manifest["name"], features=features, metric_keys=keys,
+                levels=pdata.levels_of(manifest)), model
 
 
 def sampler_of(params: EvaluateParams) -> Sampler:
     """The evaluate section's sampler setting."""
     return Sampler(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
-                   z_min=params.z_min, z_exp=params.z_exp, clip_prior=params.clip_prior)
+                   schedule=params.schedule, rho=params.rho, z_min=params.z_min, z_exp=params.z_exp,
+                   clip_prior=params.clip_prior)
 
 
 def untrained_sampler(params: EvaluateParams, objective: str) -> Sampler:
@@ -241,34 +281,59 @@ def reference_metrics(scorers: Scorers, samples: torch.Tensor, untrained: torch.
     return out
 
 
-@task(cache_policy=NO_CACHE)
-def likelihood_metrics(model: TrainedModel, *, kind: str, data_dir: str, params: EvaluateParams,
-                       sampler: Sampler) -> dict[str, float]:
-    """bpd of bpd_images dequantised test images, or nll (nats) of as many test points."""
-    generator = torch.Generator().manual_seed(params.seed)
+def log_likelihoods(model: TrainedModel, x: torch.Tensor, *, params: EvaluateParams, sampler: Sampler,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Log densities (nats) of points x (B, *S) on the plane z_min, one per probe: float64 (B, K) on the CPU.
+
+    Batches whose flow leaves the finite numbers on the way to the prior get NaN rows: the
+    likelihood is undefined there, and the evaluation then fails as a whole (require_finite) with
+    every metric logged.
+    """
     device = next(model.net.parameters()).device
-    test = pdata.load_split(data_dir, "test")[: params.bpd_images]
-    if kind == "image":
-        test = dequantize(pdata.unit_to_images(test), generator=generator)
     hp = model.hyperparameters
-    log_p = []
-    for batch in torch.split(test, params.batch_size):
+    rows = []
+    for batch in torch.split(x, params.batch_size):
         try:
-            log_p.append(log_likelihood(model.net, batch.to(device), z_min=sampler.z_min, z_max=float(hp["z_max"]),
-                                        method=params.bpd_method, rtol=sampler.rtol, atol=sampler.atol,
-                                        steps=params.bpd_steps, gamma=float(hp.get("gamma", 5.0)),
-                                        z_exp=params.bpd_z_exp, hutchinson=params.hutchinson,
-                                        generator=generator).cpu())
+            rows.append(plik.log_likelihood_per_probe(
+                model.net, batch.to(device), z_min=likelihood_z_min(params), z_max=float(hp["z_max"]), method=params.bpd_method,
+                rtol=sampler.rtol, atol=sampler.atol, steps=params.bpd_steps, gamma=float(hp.get("gamma", 5.0)),
+                z_exp=params.bpd_z_exp, hutchinson=params.hutchinson, generator=generator).cpu())
         except ValueError as err:
             if "non-finite" not in str(err):
                 raise
-            # The flow diverged on the way to the prior: the likelihood is undefined, reported as NaN
-            # so that the evaluation fails as a whole (require_finite) with every metric logged.
-            log_p.append(torch.full((len(batch),), math.nan))
-    log_p = torch.cat(log_p).double()
-    if kind == "image":
-        return dict(bpd=float(bits_per_dim(log_p, math.prod(test.shape[1:])).mean()))
-    return dict(nll=float(-log_p.mean()))
+            rows.append(torch.full((len(batch), params.hutchinson or 1), math.nan))
+    return torch.cat(rows).double()
+
+
+def _with_errors(name: str, per_probe: torch.Tensor) -> dict[str, float]:
+    """<name> (the mean over points), <name>_se (over points), <name>_probe_se (2+ probes) of (B, K) values."""
+    mean, standard_error = plik.mean_and_standard_error(per_probe.mean(dim=1))
+    out = {name: mean, f"{name}_se": standard_error}
+    if per_probe.shape[1] >= 2:
+        out[f"{name}_probe_se"] = plik.probe_standard_error(per_probe)
+    return out
+
+
+@task(cache_policy=NO_CACHE)
+def likelihood_metrics(model: TrainedModel, *, kind: str, levels: int | None, data_dir: str,
+                       params: EvaluateParams, sampler: Sampler) -> dict[str, float]:
+    """Bits/dim of the first bpd_images test images at the data's `levels`, with errors and the baseline.
+
+    Images: bpd, bpd_se, bpd_probe_se (2+ probes) and bpd_baseline (per-pixel histograms of the
+    training split, scored on the same images at the same levels). Points: nll and nll_se in nats.
+    `evaluate.seed` seeds the dequantisation, then the probes.
+    """
+    generator = torch.Generator().manual_seed(params.seed)
+    test = pdata.load_split(data_dir, "test")[: params.bpd_images]
+    if kind != "image":
+        return _with_errors("nll", -log_likelihoods(model, test, params=params, sampler=sampler, generator=generator))
+    images = pdata.unit_to_images(test)
+    x = plik.dequantize(images, levels=levels, generator=generator)
+    log_p = log_likelihoods(model, x, params=params, sampler=sampler, generator=generator)
+    out = _with_errors("bpd", plik.bits_per_dim(log_p, math.prod(x.shape[1:]), levels=levels))
+    train = pdata.unit_to_images(pdata.load_split(data_dir, "train"))
+    out["bpd_baseline"] = float(plik.histogram_bits_per_dim(train, images, levels=levels).mean())
+    return out
 
 
 def sample_figure(x: torch.Tensor, kind: str):
@@ -332,10 +397,12 @@ def _run_params(params: EvaluateParams, model: TrainedModel, plan: Plan, data_di
     data = model.metadata.get("data") or {}
     untrained = untrained_sampler(params, model.objective)
     return dict(method=method_name(model, sampler_of(params)), rtol=params.rtol, atol=params.atol,
-                steps=params.steps, z_min=params.z_min, z_exp=params.z_exp, clip_prior=params.clip_prior,
-                num_samples=params.num_samples, batch_size=params.batch_size, seed=params.seed,
+                steps=params.steps, schedule=params.schedule, rho=params.rho, z_min=params.z_min,
+                z_exp=params.z_exp, clip_prior=params.clip_prior, num_samples=params.num_samples, batch_size=params.batch_size, seed=params.seed,
                 features=plan.features, hutchinson=params.hutchinson, bpd_images=params.bpd_images,
-                bpd_method=params.bpd_method, bpd_steps=params.bpd_steps, bpd_z_exp=params.bpd_z_exp,
+                bpd_levels=plan.levels,
+                bpd_method=params.bpd_method, bpd_steps=params.bpd_steps, bpd_z_min=likelihood_z_min(params),
+                bpd_z_exp=params.bpd_z_exp,
                 objective=model.objective, model_path=model_path, data_dir=data_dir,
                 data_sha256=data.get("sha256"), **{f"hp.{k}": v for k, v in model.hyperparameters.items()},
                 untrained_method=method_name(model, untrained), untrained_steps=untrained.steps,
@@ -389,12 +456,20 @@ def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str
     if plan.features is None:
         logger.info("%s is 2D points: no FID (no meaningful feature space); the likelihood is logged", plan.name)
     trained_on = (model.metadata.get("data") or {}).get("sha256")
-    data_sha256 = pdata.read_manifest(data_dir)["files"]["train.npy"]
+    manifest = pdata.read_manifest(data_dir)
+    data_sha256 = manifest["files"]["train.npy"]
+    if "bpd" in plan.metric_keys and "levels" not in manifest:
+        logger.warning("%s was prepared before data sets recorded their levels: bits/dim assume 8-bit data (256 "
+                       "levels); prepare it again to measure them at its own quantisation", data_dir)
     if trained_on != data_sha256:
         logger.warning("the model was trained on data with sha256 %s, but %s holds %s: scores compare "
                        "against other data than the training data", trained_on, data_dir, data_sha256)
     sampler = sampler_of(params)
-    with mlflow.start_run(run_name="evaluate", tags=_run_tags(model, plan)) as run:
+    method = method_name(model, sampler)
+    run_name = evaluate_run_name(plan.name, model.objective, method, rtol=params.rtol, num_samples=params.num_samples,
+                                 steps=None if method in ADAPTIVE_METHODS else params.steps or HEUN_STEPS)
+    with mlflow.start_run(run_name=run_name, tags=_run_tags(model, plan)) as run:
+        log_dataset(data_dir, manifest, context="evaluation")
         mlflow.log_params(_run_params(params, model, plan, data_dir, model_path))
         mlflow.set_tag("data_matches_model", str(trained_on == data_sha256).lower())
         scorers = build_scorers(plan.features, data_dir, params) if plan.features is not None else None
@@ -413,7 +488,8 @@ def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str
             metrics |= set_metrics(sets.scores)
             metrics |= reference_metrics(scorers, sets.first, reference.x, data_dir=data_dir, params=params)
         if "bpd" in plan.metric_keys or "nll" in plan.metric_keys:
-            metrics |= likelihood_metrics(model, kind=plan.kind, data_dir=data_dir, params=params, sampler=sampler)
+            metrics |= likelihood_metrics(model, kind=plan.kind, levels=plan.levels, data_dir=data_dir,
+                                          params=params, sampler=sampler)
         metrics = {k: float(v) for k, v in metrics.items()}
         mlflow.log_metrics(metrics)
         mlflow.log_metric("nonfinite_samples", float((~torch.isfinite(sets.first)).flatten(1).any(1).sum()))
@@ -424,6 +500,7 @@ def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str
         model_info = log_pyfunc(model_path) if params.register_model else None
     result: dict[str, Any] = {**metrics, "num_samples": params.num_samples, "method": method_name(model, sampler),
                               "features": plan.features, **fid_protocol(params, plan.features),
+                              **({"bpd_levels": plan.levels} if "bpd" in plan.metric_keys else {}),
                               "run_id": run.info.run_id}
     if model_info is not None:
         version, promoted = register(model_info.model_uri, params.model_name, run_id=run.info.run_id,
@@ -446,4 +523,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

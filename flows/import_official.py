@@ -1,7 +1,21 @@
-"""Import an official PFGM DDPM++ checkpoint into our checkpoint format, to evaluate it without training.
+"""Import an official PFGM or PFGM++ checkpoint into our checkpoint format, to evaluate it without training.
 
     python -m flows.import_official --checkpoint checkpoint_26.pth --config cifar10_ddpmpp \\
         --out models/cifar10-official [--data data/prepared/cifar10] [--force]
+    python -m flows.import_official --checkpoint training-state-200000.pt --config cifar10_ncsnpp_D_128 \\
+        --out models/cifar10-pfgmpp-d128-official [--data data/prepared/cifar10] [--force]
+
+What the file is, is read from its content, not its name. A PFGM++ (or EDM) training state --
+Newbeeer/pfgmpp's `training-state-*.pt` / `.pkl`, or EDM's `network-snapshot-*.pkl` -- pickles its
+networks through `torch_utils.persistence`; it is read without running the code it carries
+(pfgm.networks.official_snapshot), its `ema` network rebuilt as our EDMPrecond from the constructor
+kwargs it records, and written as <out>/model.pt with objective pfgmpp and hyperparameters {D} (the
+recorded D; a snapshot trained with pfgmpp=False is EDM, D -> infinity, and is refused). Its --config is
+optional and names a released PFGM++ model (PFGMPP_RELEASES: the PFGM++ README's checkpoint folders),
+whose paper configuration is checked against the file (D, image shape, architecture) and written as
+<out>/params.yaml; --M and --prior-range do not apply. Its metadata `official` holds the source file
+(path, sha256), `images` (the training images it had seen) and the recorded constructor kwargs.
+Everything else is a PFGM checkpoint, as follows.
 
 --config names a released configuration (cifar10_ddpmpp, cifar10_ddpmpp_deep, celeba64_ddpmpp,
 bedroom_ddpmpp) or is the path of an official config as JSON (shaped like
@@ -33,7 +47,9 @@ import argparse
 import json
 import math
 import os
+import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +59,14 @@ import yaml
 from pydantic import ValidationError
 from torch import nn
 
+from flows.cli import command_line
 from flows.params import Params, ParamsError
-from flows.train import MODEL
+from flows.train import MODEL, network_kwargs
 from pfgm import data as pdata
 from pfgm.data.store import sha256_file
 from pfgm.networks.ddpmpp import RELEASED_CONFIGS, from_official, kwargs_from_official
+from pfgm.networks.edm import EDMPrecond, precond_from_snapshot
+from pfgm.networks.official_snapshot import read_official_snapshot
 from pfgm.perturb import prior_range
 from pfgm.training import TrainConfig, create_state, save_checkpoint
 
@@ -79,6 +98,27 @@ RELEASES = {
     "bedroom_ddpmpp": Release("bedroom256", "lsun-bedroom256", 356, 100.0, 30000.0,
                               "lsun-bedroom256-ddpmpp.yaml"),
 }
+
+
+@dataclass(frozen=True)
+class PfgmppRelease:
+    """A released PFGM++ model: its D, data set, the image shape it generates, its paper configuration."""
+    D: int
+    data: str
+    shape: tuple[int, int, int]
+    params: str
+
+
+#: Named as the PFGM++ README's checkpoint folders (pfgmpp/<name>/), with the README's training options.
+PFGMPP_RELEASES = {
+    "cifar10_ncsnpp_D_128": PfgmppRelease(128, "cifar10", (3, 32, 32), "cifar10-pfgmpp-d128.yaml"),
+    "cifar10_ncsnpp_D_2048": PfgmppRelease(2048, "cifar10", (3, 32, 32), "cifar10-pfgmpp-d2048.yaml"),
+    "ffhq_ddpm_D_128": PfgmppRelease(128, "ffhq64", (3, 64, 64), "ffhq64-pfgmpp-d128.yaml"),
+}
+#: Constructor arguments that change training only, not the network a snapshot holds.
+TRAINING_ONLY = ("use_fp16", "dropout", "label_dropout")
+#: The first pickled object of a pre-1.6 (non-zip) torch.save stream: protocol 2, then this long integer.
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 
 @dataclass(frozen=True)
@@ -215,6 +255,76 @@ def load_network(path: Path, spec: Spec) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------------
+# PFGM++ snapshots
+
+def is_pfgmpp_snapshot(path: Path) -> bool:
+    """Whether `path` is to be read as an official PFGM++/EDM snapshot, from its content.
+
+    A torch.save zip is one when its pickle names `torch_utils.persistence` (the official networks are
+    pickled through it; a PFGM checkpoint holds plain tensors). A file that is no zip is one unless it
+    starts like a pre-1.6 torch.save stream (an old PFGM checkpoint): `.pkl` snapshots are plain pickles.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            return any(b"torch_utils.persistence" in archive.read(n) for n in pickles)
+    with path.open("rb") as file:
+        return not file.read(len(_LEGACY_TORCH_HEAD)).startswith(_LEGACY_TORCH_HEAD)
+
+
+def read_pfgmpp_snapshot(path: Path) -> tuple[EDMPrecond, dict[str, Any]]:
+    """The `ema` network of a PFGM++ snapshot and what the metadata records of it (ImportOfficialError
+    for a file that is no such snapshot, a class other than EDMPrecond, or an EDM (pfgmpp=False) model)."""
+    try:
+        snapshot = read_official_snapshot(path, key="ema")
+        net = precond_from_snapshot(snapshot, source=f"--checkpoint {path}")
+    except (pickle.UnpicklingError, ValueError, TypeError, RuntimeError, EOFError) as err:
+        raise ImportOfficialError(f"--checkpoint {path}: neither an official PFGM checkpoint (a torch.save zip "
+                                  f"with `model` and `ema`) nor a readable PFGM++/EDM snapshot "
+                                  f"({type(err).__name__}: {err})") from None
+    if not net.pfgmpp:
+        raise ImportOfficialError(f"--checkpoint {path}: trained without PFGM++ (pfgmpp=False: EDM's diffusion, "
+                                  f"D -> infinity; the recorded D={net.D} is unused), so it is no PFGM++ model")
+    info = dict(images=snapshot.step, key=snapshot.key, class_name=snapshot.class_name,
+                init_kwargs=snapshot.init_kwargs)
+    return net, info
+
+
+def check_pfgmpp_release(name: str, net: EDMPrecond, path: Path) -> PfgmppRelease:
+    """The release `name`, checked against the snapshot: D, image shape, and the architecture its paper
+    configuration builds (every constructor argument but TRAINING_ONLY); ImportOfficialError otherwise."""
+    if name not in PFGMPP_RELEASES:
+        known = ", ".join(PFGMPP_RELEASES)
+        raise ImportOfficialError(f"--config: {path} is a PFGM++ snapshot; its --config is one of {known}, or "
+                                  f"none (then no params file is written unless --params), got {name!r}")
+    release = PFGMPP_RELEASES[name]
+    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    if (net.D, shape) != (release.D, release.shape):
+        raise ImportOfficialError(f"--checkpoint {path} does not fit --config {name}: it has D={net.D} and "
+                                  f"images {list(shape)}, the release D={release.D} and {list(release.shape)}")
+    train = Params.model_validate(yaml.safe_load((CONFIGS / release.params).read_text())).train
+    manifest = dict(name=release.data, kind="image", shape=list(release.shape))
+    with torch.device("meta"):
+        expected = EDMPrecond(**network_kwargs(train, manifest)).config
+    differing = sorted(k for k in expected.keys() | net.config.keys()
+                       if k not in TRAINING_ONLY and expected.get(k) != net.config.get(k))
+    if differing:
+        details = ", ".join(f"{k}: {net.config.get(k)!r} vs {expected.get(k)!r}" for k in differing)
+        raise ImportOfficialError(f"--checkpoint {path} does not fit --config {name} ({release.params}): "
+                                  f"the file's vs the configuration's {details}")
+    return release
+
+
+def pfgmpp_spec(checkpoint: Path, config: str | None, net: EDMPrecond, info: dict[str, Any]) -> Spec:
+    """The Spec of a PFGM++ snapshot: hyperparameters {D}; the release's data and paper configuration."""
+    release = check_pfgmpp_release(config, net, checkpoint) if config is not None else None
+    return Spec(name=config or str(checkpoint), official_config=info["init_kwargs"],
+                hyperparameters=dict(D=int(net.D)), official=dict(format="pfgmpp-snapshot", **info),
+                data_name=release.data if release else None,
+                params_file=CONFIGS / release.params if release else None)
+
+
+# ---------------------------------------------------------------------------------------------------
 # What is written
 
 def data_metadata(spec: Spec, shape: list[int], data: Path | None) -> dict[str, Any]:
@@ -292,43 +402,75 @@ def _check_out(out: Path, force: bool) -> None:
         raise ImportOfficialError(f"--out {out}: already holds {', '.join(taken)}; pass --force to replace")
 
 
-def import_official(checkpoint: str | os.PathLike, config: str, out: str | os.PathLike, *,
+def _read_pfgm(checkpoint: Path, config: str | None, prior: str, M: int | None
+               ) -> tuple[nn.Module, Spec, dict[str, Any], list[int], int]:
+    """A PFGM checkpoint: its EMA network, Spec, provenance, image shape and step."""
+    if config is None:
+        raise ImportOfficialError(f"--config: {checkpoint} is a PFGM checkpoint; name its configuration "
+                                  f"({', '.join(RELEASES)}, or an official config as .json)")
+    if prior not in ("published", "derived"):
+        raise ImportOfficialError(f"--prior-range must be published or derived, got {prior!r}")
+    spec = resolve_config(config, prior=prior, M=M)
+    info = checkpoint_info(checkpoint)
+    net = load_network(checkpoint, spec)
+    return net, spec, info, [net.channels, net.image_size, net.image_size], info["step"]
+
+
+def _read_pfgmpp(checkpoint: Path, config: str | None, M: int | None
+                 ) -> tuple[nn.Module, Spec, dict[str, Any], list[int], int]:
+    """A PFGM++ snapshot: its EMA network, Spec, provenance, image shape and step (0: the file counts
+    images, not our optimisation steps; they are in the provenance as `images`)."""
+    net, info = read_pfgmpp_snapshot(checkpoint)  # first: a file that is neither kind is named as such
+    if M is not None:
+        raise ImportOfficialError(f"--M applies to PFGM checkpoints; {checkpoint} is a PFGM++ snapshot")
+    if config is not None and (config in RELEASES or config.endswith(".json")):
+        raise ImportOfficialError(f"--config {config} is a PFGM configuration, but {checkpoint} is a PFGM++ "
+                                  f"snapshot (its configuration: {', '.join(PFGMPP_RELEASES)}, or none)")
+    spec = pfgmpp_spec(checkpoint, config, net, info)
+    return net, spec, {}, [net.img_channels, net.img_resolution, net.img_resolution], 0
+
+
+def import_official(checkpoint: str | os.PathLike, config: str | None, out: str | os.PathLike, *,
                     data: str | os.PathLike | None = None, params: str | os.PathLike | None = None,
                     prior: str = "published", M: int | None = None, force: bool = False) -> dict[str, Any]:
-    """Convert `checkpoint` (official, `config`) into <out>/model.pt (and <out>/params.yaml when a paper
-    configuration is known). Returns the paths written and the hyperparameters.
+    """Convert `checkpoint` (an official PFGM checkpoint of configuration `config`, or a PFGM++ snapshot,
+    `config` then optional) into <out>/model.pt (and <out>/params.yaml when a paper configuration is
+    known). Returns the paths written, the objective and the hyperparameters.
 
     Everything is checked before the first write; both files are written atomically.
     """
     checkpoint, out = Path(checkpoint), Path(out)
     data = None if data is None else Path(data)
-    if prior not in ("published", "derived"):
-        raise ImportOfficialError(f"--prior-range must be published or derived, got {prior!r}")
-    spec = resolve_config(config, prior=prior, M=M)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint: no file at {checkpoint}")
+    objective = "pfgmpp" if is_pfgmpp_snapshot(checkpoint) else "pfgm"
+    if objective == "pfgm":
+        net, spec, info, shape, step = _read_pfgm(checkpoint, config, prior, M)
+    else:
+        net, spec, info, shape, step = _read_pfgmpp(checkpoint, config, M)
     _check_out(out, force)
-    info = checkpoint_info(checkpoint)
-    net = load_network(checkpoint, spec)
-    shape = [net.channels, net.image_size, net.image_size]
     source = Path(params) if params is not None else spec.params_file
     if params is None and source is not None and not source.is_file():
         source = None  # an installed package without configs/: no params file, the model is enough
     text = params_text(spec, source, out, data) if source is not None else None
-    metadata = dict(objective="pfgm", hyperparameters=spec.hyperparameters,
+    metadata = dict(objective=objective, hyperparameters=spec.hyperparameters,
                     data=data_metadata(spec, shape, data),
                     official=dict(checkpoint=str(checkpoint.resolve()), sha256=sha256_file(checkpoint),
                                   config=spec.name, **info, **spec.official))
-    model = write_model(net, out / MODEL, metadata, info["step"])
+    model = write_model(net, out / MODEL, metadata, step)
     written = write_text_atomically(out / PARAMS_FILE, text) if text is not None else None
-    return dict(model=str(model), params=None if written is None else str(written),
-                hyperparameters=spec.hyperparameters, data=metadata["data"], step=info["step"])
+    return dict(model=str(model), params=None if written is None else str(written), objective=objective,
+                hyperparameters=spec.hyperparameters, data=metadata["data"], step=step)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: convert, print a JSON summary and the command that evaluates the import."""
     parser = argparse.ArgumentParser(prog="python -m flows.import_official", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="official checkpoint_<k>.pth")
-    parser.add_argument("--config", required=True,
-                        help=f"{' | '.join(RELEASES)} | path of an official config as .json")
+    parser.add_argument("--checkpoint", required=True,
+                        help="official PFGM checkpoint_<k>.pth, or PFGM++ training-state-*.pt / .pkl")
+    parser.add_argument("--config", default=None,
+                        help=f"PFGM: {' | '.join(RELEASES)} | path of an official config as .json; "
+                             f"PFGM++ (optional): {' | '.join(PFGMPP_RELEASES)}")
     parser.add_argument("--out", required=True,
                         help="folder for model.pt (and params.yaml), e.g. models/cifar10-official")
     parser.add_argument("--data", default=None,
@@ -337,7 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                        "(default: the release's configs/*.yaml)")
     parser.add_argument("--prior-range", default="published", choices=("published", "derived"),
                         help="z_max/upper_norm: as published (PFGM.md section 3) or derived from M (section 2)")
-    parser.add_argument("--M", type=int, default=None, help="M for a JSON config without training.M")
+    parser.add_argument("--M", type=int, default=None, help="PFGM: M for a JSON config without training.M")
     parser.add_argument("--force", action="store_true", help="replace an existing model.pt / params.yaml in --out")
     args = parser.parse_args(argv)
     try:
@@ -352,4 +494,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

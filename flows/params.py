@@ -8,13 +8,16 @@ path (`data.seed: ...`). To add a stage, write its section model here and add a 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from pfgm.ode import ADAPTIVE_METHODS, METHODS
+from pfgm.zsolvers import SCHEDULES
 
 DatasetName = Literal[
     "digits",
@@ -27,6 +30,7 @@ DatasetName = Literal[
     "cifar10",
     "celeba64",
     "lsun-bedroom256",
+    "ffhq64",
     "folder",
 ]
 TOY_NAMES = ("heart", "pfgm-text", "moons", "8gaussians", "checkerboard", "swissroll")
@@ -60,7 +64,7 @@ class DataParams(Section):
     root: str = "data/raw"
     """Folder holding raw files: <root>/cifar-10-batches-py, <root>/img_align_celeba (+ <root>/
     list_eval_partition.txt), <root>/bedroom_train_lmdb (+ bedroom_val_lmdb) or <root>/bedroom_train,
-    or the image folder itself for `folder`. Unused by digits and toys (docs/DATA.md)."""
+    <root>/ffhq-64x64, or the image folder itself for `folder`. Unused by digits and toys (docs/DATA.md)."""
     download: bool = False
     """cifar10: when its batches are missing, download the official archive into root (md5-verified,
     extracted safely). The other data sets have no stable download; their error says where to get them."""
@@ -77,11 +81,24 @@ class DataParams(Section):
     channels: Literal[1, 3] = 3
     """folder: 1 for greyscale, 3 for RGB."""
     max_images: int | None = Field(None, ge=2)
-    """folder, celeba64, lsun-bedroom256: keep the first max_images files (sorted) or LMDB keys (key
+    """folder, celeba64, lsun-bedroom256, ffhq64: keep the first max_images files (sorted) or LMDB keys (key
     order), or all; with an official split (CelebA partition file, LSUN val LMDB): this many per split."""
 
 
-NetworkName = Literal["FieldMLP", "FieldConvNet", "DDPMpp"]
+def _augmented_dims(D: int | float) -> int | float:
+    if isinstance(D, bool) or not ((isinstance(D, int) and D >= 1) or D == math.inf):
+        raise ValueError("must be an integer >= 1, or .inf (the diffusion limit: EDM's Gaussian kernel)")
+    return D
+
+
+AugmentedDims = Annotated[int | float, AfterValidator(_augmented_dims)]
+"""PFGM++'s D: an integer >= 1, or .inf in YAML for the D -> infinity limit (EDM's objective)."""
+
+
+NetworkName = Literal["FieldMLP", "FieldConvNet", "DDPMpp", "NCSNv2Small", "EDMPrecond"]
+"""Field networks (FieldMLP, FieldConvNet, DDPMpp, NCSNv2Small: the weak backbone of the robustness
+experiment) serve both objectives; EDMPrecond (EDM's denoiser around SongUNet, NCSN++ / DDPM++) trains
+pfgmpp only."""
 
 
 class TrainParams(Section):
@@ -96,8 +113,8 @@ class TrainParams(Section):
     network_kwargs: dict[str, Any] = {}
     """Keyword arguments of the network class; the data shape is filled in from the data."""
     objective: Literal["pfgm", "pfgmpp"] = "pfgm"
-    D: int = Field(1, ge=1)
-    """pfgmpp only: augmented dimensions."""
+    D: AugmentedDims = 1
+    """pfgmpp only: augmented dimensions; .inf is the diffusion limit (EDM's Gaussian kernel)."""
     M: int | None = Field(None, ge=1)
     """pfgm: perturbation range; null derives it from the data (pfgm.perturb.hyperparameters)."""
     z_max: float | None = Field(None, gt=0)
@@ -118,11 +135,23 @@ class TrainParams(Section):
     betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
     eps: float = Field(1e-8, gt=0)
     warmup: int = Field(100, ge=0)
+    """Steps of linear learning-rate warm-up (PFGM); 0: none."""
+    lr_rampup_kimg: float = Field(0.0, ge=0)
+    """EDM's learning-rate ramp-up in thousands of images (batch_size per step): lr * min(images /
+    (1000 lr_rampup_kimg), 1), the first step at 0; 0: none. Exclusive with warmup."""
     grad_clip: float | None = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
     ema_warmup: bool = True
     """The official EMA warm-up: decay min(ema_decay, (1 + n) / (10 + n)) at update n, so that a short run
     keeps none of its initial weights in the average (pfgm.training.ema); false: the constant ema_decay."""
+    ema_halflife_kimg: float | None = Field(None, gt=0)
+    """EDM's EMA instead of ema_decay/ema_warmup: decay 0.5 ** (batch_size / half-life in images), the
+    half-life ramped up as min(1000 ema_halflife_kimg, ema_rampup_ratio * images so far); null: off."""
+    ema_rampup_ratio: float | None = Field(0.05, gt=0)
+    """With ema_halflife_kimg: EDM's ramp-up ratio (null: the full half-life from the first update)."""
+    augment: float = Field(0.0, ge=0, le=1)
+    """pfgmpp with EDMPrecond: probability of EDM's augmentation (CIFAR-10 0.12, FFHQ 0.15), with EDM's
+    transforms (pfgm.training.augment.EDM_CIFAR10_KWARGS); the network needs augment_dim 9. 0: off."""
     flip: bool = False
     amp: bool = False
     compile: bool = False
@@ -138,14 +167,33 @@ InceptionMode = Literal["clean", "legacy_tensorflow", "legacy_pytorch"]
 QuantizeMethod = Literal["round", "truncate"]
 
 
-class EvaluateParams(Section):
+class GridSchedule(Section):
+    """The grid of fixed-step methods: `schedule` ln_z (uniform in ln z, the official grid) or power
+    (EDM's schedule applied to z, exponent `rho`); adaptive methods choose their own steps."""
+
+    schedule: Literal[SCHEDULES] = "ln_z"
+    """Fixed-step grid: ln_z (uniform in ln z) or power (uniform in z^(1/rho); pfgm.zsolvers.power_z)."""
+    rho: float | None = Field(None, gt=0)
+    """Exponent of the power schedule (5 suits few-step sampling: docs/SAMPLERS.md); only with power."""
+
+    @model_validator(mode="after")
+    def _rho_with_power(self):
+        if self.schedule == "power" and self.rho is None:
+            raise ValueError("schedule power needs rho (e.g. 5)")
+        if self.schedule != "power" and self.rho is not None:
+            raise ValueError(f"rho applies to the power schedule only (schedule is {self.schedule!r})")
+        return self
+
+
+class EvaluateParams(GridSchedule):
     """The `evaluate` section: one sampler setting, FID, bits/dim, and the model registry."""
 
     out: str = "metrics/evaluate.json"
     seed: int = Field(0, ge=0)
     device: str = "auto"
     method: str = "dopri5"
-    """Any torchdiffeq method (pfgm.ode.METHODS); fixed-step methods need `steps`."""
+    """A pfgm.ode.METHODS name: dopri5 (RK45), euler/heun (the official steps in z), dpmpp_2m
+    (few-step), torchdiffeq's others; fixed-step methods need `steps`."""
     rtol: float = Field(1e-4, gt=0)
     atol: float = Field(1e-4, gt=0)
     steps: int | None = Field(None, ge=1)
@@ -176,23 +224,41 @@ class EvaluateParams(Section):
     download_weights: bool = False
     """Fetch missing Inception weights from clean-fid's URL (sha256-checked); off: a missing file is an error."""
     bpd_images: int = Field(0, ge=0)
-    """Test images for bits/dim (0: skip)."""
+    """Test images (the first of the split) for bits/dim at the data's own levels, with their standard
+    error and the per-pixel histogram baseline bpd_baseline (0: skip; 1 has no standard error)."""
     bpd_method: str = "rk4"
-    """Solver of the likelihood ODE; a fixed-step one always terminates, whatever the field."""
+    """Solver of the likelihood ODE (a pfgm.ode.METHODS name but dpmpp_2m); a fixed-step one always
+    terminates, whatever the field. docs/LIKELIHOOD.md compares the settings on the digits model."""
     bpd_steps: int | None = Field(50, ge=1)
-    """Steps in ln z for a fixed-step bpd_method."""
+    """Steps of a fixed-step bpd_method on a grid uniform in ln z (torchdiffeq's methods step in ln z,
+    euler and heun in z)."""
+    bpd_z_min: float | None = Field(None, gt=0)
+    """Height of the plane whose density bits/dim measure (the flow's marginal there); null: z_min.
+    Near the plane the network has only seen points close to training images, and a test image, 1.6-2
+    away from its nearest training digit, lies outside that: on the default digits model the
+    likelihood ODE from z = 1e-3 blows up (thousands of bits/dim that RK4 at 50 and 200 steps do not
+    agree on) while from 0.01 every solver agrees to 0.001. docs/LIKELIHOOD.md."""
     bpd_z_exp: float | None = Field(None, gt=0)
     """z_exp of the likelihood ODE; null: the network's own v_z throughout. The substitution suits
     sampling, but its v_z = f(||v_x||) has a Jacobian that grows like 1/(1 - a)^2 as a = ||v_x||/sqrt(N)
     nears 1 (a test point off the data, near the plane), so the divergence term amplifies the
     network's error there: on the default digits model a few test images then get |bpd| in the
     thousands, and RK4 at 50, 100 and 200 steps disagree; without it RK4 and RK45 agree to 0.01."""
-    hutchinson: int | None = Field(1, ge=1)
-    """Rademacher probes per image for the likelihood trace; null: exact trace."""
+    hutchinson: int | None = Field(None, ge=1)
+    """Rademacher probes per image for the likelihood trace; null: the exact trace (N vector-Jacobian
+    products per network evaluation, allowed up to pfgm.likelihood.EXACT_TRACE_MAX_DIMS = 256 dimensions:
+    the digits; larger images need probes). With 2+ probes bpd_probe_se is their share of bpd_se."""
     register_model: bool = True
     model_name: str = "pfgm-digits"
     champion_metric: str = "fid"
     """Lower is better; the registered version with the lowest value holds the alias `champion`."""
+
+    @field_validator("bpd_images")
+    @classmethod
+    def _not_one_image(cls, images: int) -> int:
+        if images == 1:
+            raise ValueError("one image has no standard error: use 0 (skip) or at least 2")
+        return images
 
     @field_validator("seeds")
     @classmethod
@@ -210,18 +276,18 @@ def _known_method(method: str) -> str:
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 SolverMethod = Annotated[str, AfterValidator(_known_method)]
-"""A pfgm.ode.METHODS name (torchdiffeq's: dopri5 is RK45, heun2 is improved Euler)."""
+"""A pfgm.ode.METHODS name (dopri5 is RK45; euler and heun step in z as the official code does)."""
 StepCount = Annotated[int, Field(ge=1)]
 
 
-class SolverGrid(Section):
-    """One solver of the sweep: a torchdiffeq method and either its tolerances or its step counts."""
+class SolverGrid(GridSchedule):
+    """One solver of the sweep: a method and either its tolerances or its step counts (and grid)."""
 
     method: SolverMethod
     tolerances: list[PositiveFloat] | None = Field(None, min_length=1, validate_default=True)
     """Adaptive methods only: one point per value, with rtol = atol = the value."""
     steps: list[StepCount] | None = Field(None, min_length=1, validate_default=True)
-    """Fixed-step methods only: one point per value, steps uniform in ln z."""
+    """Fixed-step methods only: one point per value, on the grid of `schedule`."""
 
     @field_validator("tolerances")
     @classmethod
@@ -265,7 +331,8 @@ class SweepParams(Section):
     solvers: list[SolverGrid] = Field(default_factory=lambda: [
         SolverGrid(method="dopri5", tolerances=[1e-2, 1e-3, 1e-4]),
         SolverGrid(method="euler", steps=[10, 20, 40]),
-        SolverGrid(method="heun2", steps=[5, 10, 20]),
+        SolverGrid(method="heun", steps=[5, 10, 20]),
+        SolverGrid(method="dpmpp_2m", steps=[4, 5, 6, 8, 10], schedule="power", rho=5.0),
     ], min_length=1)
     """PFGM models: each solver with each of its tolerances or step counts."""
     heun_steps: list[StepCount] = Field([5, 10, 18], min_length=1)
@@ -276,7 +343,14 @@ class SweepParams(Section):
     num_samples: int = Field(500, ge=2)
     batch_size: int = Field(500, ge=1)
     workers: int = Field(4, ge=1)
-    """Points evaluated at once (threads); the timed solves themselves take turns."""
+    """Points evaluated at once: threads (runner threads; the timed solves take turns), or the worker
+    processes of the LocalCluster that runner dask starts when dask_address is empty."""
+    runner: Literal["threads", "dask"] = "threads"
+    """Where the points run: threads of this process, or the worker processes of a Dask cluster
+    (docs/SWEEPS.md: each worker loads the checkpoint and the FID reference once and runs one solve at a time)."""
+    dask_address: str = ""
+    """runner dask: the scheduler to send the points to (tcp://host:8786); empty: a LocalCluster of
+    `workers` processes on this machine, started for the sweep and closed after it."""
     features: Literal["auto", "digits", "inception"] = "auto"
     inception_path: str = "/tmp/inception-2015-12-05.pt"
     fid_reference: Split = "test"
@@ -290,11 +364,21 @@ class SweepParams(Section):
     download_weights: bool = False
     """As evaluate.download_weights."""
 
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_scheduler(cls, address: str, info: ValidationInfo) -> str:
+        # An address with the thread runner would be silently unused: say so instead.
+        if address and info.data.get("runner") != "dask":
+            raise ValueError("a scheduler address needs runner: dask (or leave dask_address empty)")
+        if address and "://" not in address:
+            raise ValueError("must be a Dask scheduler address such as tcp://127.0.0.1:8786")
+        return address
+
 
 PublishedData = Literal["auto", "cifar10", "celeba64", "lsun-bedroom256", "ffhq64"]
 
 
-class ReportParams(Section):
+class ReportParams(GridSchedule):
     """The `report` section: the table beside the published numbers, and the pictures."""
 
     out: OwnFolder = "reports"
@@ -323,7 +407,7 @@ class ReportParams(Section):
     rtol: float = Field(1e-4, gt=0)
     atol: float = Field(1e-4, gt=0)
     steps: int | None = Field(None, ge=1, validate_default=True)
-    """Fixed-step methods: steps uniform in ln z (per frame stretch for the 2D animation)."""
+    """Fixed-step methods: steps of the `schedule` grid (per frame stretch for the 2D animation)."""
     z_min: float = Field(1e-3, gt=0)
     z_exp: float | None = Field(None, gt=0)
     clip_prior: bool = True
@@ -349,6 +433,70 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     sweep: SweepParams = SweepParams()
     report: ReportParams = ReportParams()
+
+
+ObjectiveName = Literal["pfgm", "pfgmpp"]
+
+
+class Backbone(Section):
+    """One backbone of the robustness experiment: a train.network with its network_kwargs."""
+
+    name: str = Field(min_length=1)
+    """Row label of the table (e.g. "NCSNv2-style (weak)")."""
+    network: NetworkName
+    network_kwargs: dict[str, Any] = {}
+    """As train.network_kwargs, less `embedding` when `embedding` below sets it per objective."""
+    embedding: dict[ObjectiveName, str] = {}
+    """network_kwargs.embedding by objective: a logarithm suits PFGM's z > 0 (FieldConvNet, NCSNv2Small:
+    log), while PFGM++ conditions on ln(sigma)/4, which can be <= 0 (FieldConvNet: positional,
+    NCSNv2Small: raw)."""
+
+
+class ObjectiveSetting(Section):
+    """One objective of the robustness experiment: PFGM, or PFGM++ at some D (.inf: EDM's diffusion)."""
+
+    name: str = Field(min_length=1)
+    """Column label of the table (e.g. "PFGM++ D=128")."""
+    objective: ObjectiveName
+    D: AugmentedDims = 1
+    """pfgmpp only: augmented dimensions, .inf for the diffusion limit."""
+    train: dict[str, Any] = {}
+    """Keys of the train section set for this objective only (e.g. batch_size: PFGM draws 512 charges
+    and trains 128 of them, PFGM++ trains every row of a 128-row batch)."""
+
+
+class RobustnessParams(Section):
+    """The `robustness` section of an experiment file (experiments/*.yaml, read by flows/robustness.py):
+    every backbone trained with every objective on the same data, budget and seed, then scored under one
+    sampler protocol."""
+
+    out: OwnFolder = "reports/robustness"
+    """Folder of table.md, table.csv, norm_z.png, norm_z.csv (only these files are replaced)."""
+    models: OwnFolder = "models/robustness"
+    """Each cell trains into <models>/<backbone network>-<objective slug> (kept: a re-run resumes or skips it)."""
+    backbones: list[Backbone] = Field(min_length=1)
+    objectives: list[ObjectiveSetting] = Field(min_length=1)
+    steps: list[StepCount] = Field([5, 10, 18], min_length=1)
+    """The sampler protocol: second-order Heun with each of these step counts (NFE 2 steps - 1) on EDM's
+    schedule with rho = 7, in each model's own height (PFGM: z from z_max to sweep.z_min; PFGM++: sigma
+    from 80 to 0.002, then 0)."""
+    norm_samples: int = Field(256, ge=2)
+    """Samples whose norms are recorded for norm_z.png (with the largest step count)."""
+    seed: int = Field(0, ge=0)
+    """Seeds the norm-z draws (training seeds: train.seed; sampling seeds: sweep.seed)."""
+    threads: int | None = Field(1, ge=1)
+    """torch CPU threads for the whole experiment (null: torch's default). Small networks on a shared
+    2-core machine run several times faster on one thread: a second one mostly waits."""
+    published: str = "paper/backbone_robustness.csv"
+    """The published reference: the PFGM paper's claim on CIFAR-10 with NCSNv2."""
+
+    @field_validator("backbones", "objectives")
+    @classmethod
+    def _distinct_names(cls, entries: list) -> list:
+        names = [entry.name for entry in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"names must be distinct, got {names}")
+        return entries
 
 
 def _format_errors(err: ValidationError, prefix: str) -> str:
@@ -389,6 +537,18 @@ def load_section(path: str | os.PathLike, name: str) -> Section:
     raw = _read_yaml(path).get(name, {})
     try:
         return model.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(f"{path}: {_format_errors(err, name)}") from None
+
+
+def load_experiment_section(path: str | os.PathLike, name: str, model: type[Section]) -> Section:
+    """A section of an experiment file that params.yaml does not have (e.g. `robustness`), validated by
+    `model`; ParamsError names the key path like load_section's."""
+    raw = _read_yaml(path)
+    if name not in raw:
+        raise ParamsError(f"{path}: no `{name}` section (an experiment file such as experiments/robustness-digits.yaml)")
+    try:
+        return model.model_validate(raw[name])
     except ValidationError as err:
         raise ParamsError(f"{path}: {_format_errors(err, name)}") from None
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.cli import command_line
 from flows.evaluate import MODEL_FILE, evaluate
 from flows.params import Params, load_params, params_parser
 from flows.prepare import prepare
@@ -42,4 +43,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

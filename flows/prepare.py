@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.cli import command_line
 from flows.params import TOY_NAMES, DataParams, load_sections, params_parser
 from pfgm import data as pdata
 
@@ -36,6 +37,9 @@ def load(params: DataParams) -> pdata.Prepared:
     if params.name == "lsun-bedroom256":
         return pdata.build_lsun_bedroom256(root=params.root, seed=params.seed,
                                            test_fraction=params.test_fraction, max_images=params.max_images)
+    if params.name == "ffhq64":
+        return pdata.build_ffhq64(root=params.root, seed=params.seed, test_fraction=params.test_fraction,
+                                  max_images=params.max_images)
     if params.name == "folder":
         return pdata.build_folder(root=params.root, image_size=params.image_size, channels=params.channels,
                                   seed=params.seed, test_fraction=params.test_fraction,
@@ -83,10 +87,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: read params.yaml's `data` section, run the flow, print the manifest."""
     args = params_parser(__doc__).parse_args(argv)
     (params,) = load_sections(args.params, "data")
+    pdata.check_raw_files(params.name, params.root, download=params.download)  # before any server starts
     manifest = prepare(params)
     print(json.dumps({k: manifest[k] for k in ("name", "kind", "shape", "counts")}, sort_keys=True))
     return manifest
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

@@ -9,13 +9,12 @@ package importable (this repository installed) besides the pinned pip requiremen
 The evaluate flow imports `load_trained` and `generate` from here, so the registered model samples
 exactly as the evaluation that scored it did. predict input, a dict or a one-row DataFrame:
     num_samples (int, default 16), seed (int, default 0), method ("dopri5"; any pfgm.ode.METHODS;
-    PFGM++ always uses Heun), steps (fixed-step methods and Heun), rtol, atol, z_min, z_exp,
-    clip_prior, batch_size.
+    PFGM++ always uses EDM's Heun), steps (fixed-step methods and Heun), schedule ("ln_z" | "power")
+    and rho (fixed-step grid), rtol, atol, z_min, z_exp, clip_prior, batch_size.
 Output: float32 array (num_samples, *S), images in [-1, 1] (or points).
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import time
@@ -25,11 +24,12 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from pfgm import pfgmpp
-from pfgm.networks.edm import precondition
+from pfgm.networks.edm import as_denoiser
 from pfgm.ode import sample
 from pfgm.prior import sample_prior
 from pfgm.training.checkpoint import NETWORKS, build_network, load_checkpoint
@@ -45,6 +45,8 @@ class Sampler:
     rtol: float = 1e-4
     atol: float = 1e-4
     steps: int | None = None
+    schedule: str = "ln_z"
+    rho: float | None = None
     z_min: float = 1e-3
     z_exp: float | None = None
     clip_prior: bool = True
@@ -71,8 +73,12 @@ class Generated:
 
 
 def _data_shape(config: dict[str, Any]) -> tuple[int, ...]:
+    """The data shape a network's config was built for: data_shape (FieldMLP, FieldConvNet),
+    img_channels/img_resolution (EDMPrecond) or channels/image_size (DDPMpp)."""
     if "data_shape" in config:
         return tuple(int(s) for s in config["data_shape"])
+    if "img_resolution" in config:
+        return (int(config["img_channels"]), int(config["img_resolution"]), int(config["img_resolution"]))
     return (int(config["channels"]), int(config["image_size"]), int(config["image_size"]))
 
 
@@ -108,24 +114,24 @@ def untrained_like(model: TrainedModel, *, seed: int, device: torch.device | str
 
 
 def method_name(model: TrainedModel, sampler: Sampler) -> str:
-    """The solver actually used: PFGM++ always samples with Heun."""
-    return "heun" if model.objective == "pfgmpp" else sampler.method
+    """The solver actually used: PFGM++ always samples with EDM's Heun ("edm_heun")."""
+    return "edm_heun" if model.objective == "pfgmpp" else sampler.method
 
 
 def _sample_batch(model: TrainedModel, n: int, sampler: Sampler, generator: torch.Generator,
                   device: torch.device) -> tuple[torch.Tensor, int]:
     hp = model.hyperparameters
     if model.objective == "pfgmpp":
-        start = pfgmpp.sample_prior(n, model.shape, D=int(hp["D"]), generator=generator, device=device)
+        start = pfgmpp.sample_prior(n, model.shape, D=hp["D"], generator=generator, device=device)
         grid = pfgmpp.sigma_grid(sampler.steps or HEUN_STEPS, device=device)
-        out = pfgmpp.heun(functools.partial(precondition, model.net), start, grid)
+        out = pfgmpp.heun(as_denoiser(model.net), start, grid)
         return out.x, out.nfe
     upper_norm = float(hp["upper_norm"]) if sampler.clip_prior else None
     start = sample_prior(n, model.shape, z_max=float(hp["z_max"]), upper_norm=upper_norm, generator=generator,
                          device=device)
     out = sample(model.net, start, z_max=float(hp["z_max"]), z_min=sampler.z_min, method=sampler.method,
-                 rtol=sampler.rtol, atol=sampler.atol, steps=sampler.steps, gamma=float(hp.get("gamma", 5.0)),
-                 z_exp=sampler.z_exp)
+                 rtol=sampler.rtol, atol=sampler.atol, steps=sampler.steps, schedule=sampler.schedule,
+                 rho=sampler.rho, gamma=float(hp.get("gamma", 5.0)), z_exp=sampler.z_exp)
     return out.x, out.nfe
 
 
@@ -150,7 +156,9 @@ def generate(model: TrainedModel, num_samples: int, sampler: Sampler, *, batch_s
 
 
 _INTS = ("num_samples", "seed", "steps", "batch_size")
-_FLOATS = ("rtol", "atol", "z_min", "z_exp")
+_FLOATS = ("rtol", "atol", "rho", "z_min", "z_exp")
+#: The request the registry logs with the model (the MLflow UI shows it beside the model).
+INPUT_EXAMPLE = {"num_samples": 4, "method": "euler", "steps": 10, "seed": 0}
 
 
 def parse_request(model_input: Any) -> dict[str, Any]:
@@ -161,7 +169,7 @@ def parse_request(model_input: Any) -> dict[str, Any]:
         model_input = model_input.iloc[0].to_dict()
     if not isinstance(model_input, dict):
         raise ValueError(f"predict takes a dict or a one-row DataFrame, got {type(model_input).__name__}")
-    known = {"method", "clip_prior", *_INTS, *_FLOATS}
+    known = {"method", "schedule", "clip_prior", *_INTS, *_FLOATS}
     unknown = sorted(set(model_input) - known)
     if unknown:
         raise ValueError(f"unknown predict keys {unknown}; known: {sorted(known)}")
@@ -181,13 +189,17 @@ def parse_request(model_input: Any) -> dict[str, Any]:
 
 
 class PFGMSampler(mlflow.pyfunc.PythonModel):
-    """pyfunc model: `predict(context, {"num_samples": 16, "seed": 0, ...})` -> (n, *S) float32 array."""
+    """pyfunc model: `predict(context, {"num_samples": 16, "seed": 0, ...})` -> (n, *S) float32 array.
+
+    Typed for MLflow as a DataFrame request (a type MLflow passes through without a schema of its own):
+    a dict reaches `parse_request` as it is, which checks the keys and their types.
+    """
 
     def load_context(self, context) -> None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_trained(context.artifacts["checkpoint"], device=device)
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
         request = parse_request(model_input)
         num_samples, seed = request.pop("num_samples", 16), request.pop("seed", 0)
         if num_samples < 1:

@@ -1,7 +1,9 @@
 """The model registry: log the trained model as a pyfunc, register a version, move the `champion` alias.
 
 The model is logged "from code" (flows/pyfunc_model.py is stored as source, the checkpoint as an
-artifact; nothing is pickled) with explicit pip requirements, so MLflow infers nothing. Each
+artifact; nothing is pickled) with explicit pip requirements and an input example, so MLflow infers
+nothing and runs no sampling at logging time. It has no signature on purpose: MLflow's schema
+enforcement would drop an unknown request key with a warning, where `predict` refuses it by name. Each
 registered version is tagged with the evaluate metrics; the version with the lowest value of the
 champion metric (lower is better) holds the alias `champion`. Only successful evaluations are
 registered: the evaluate flow calls `register` after its run has ended FINISHED with finite metrics.
@@ -17,6 +19,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
+
+from flows.pyfunc_model import INPUT_EXAMPLE
 
 CHAMPION = "champion"
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -39,7 +43,8 @@ def log_pyfunc(checkpoint: str | Path, *, name: str = "model") -> ModelInfo:
     """Log the checkpoint as a pyfunc model (from code) in the active run; returns its ModelInfo."""
     return mlflow.pyfunc.log_model(name=name, python_model=str(MODEL_CODE),
                                    artifacts={"checkpoint": str(Path(checkpoint).resolve())},
-                                   pip_requirements=pip_requirements())
+                                   pip_requirements=pip_requirements(), signature=False,
+                                   input_example=INPUT_EXAMPLE)
 
 
 def champion(model_name: str, client: MlflowClient | None = None) -> ModelVersion | None:

@@ -15,7 +15,10 @@ metrics JSON), `sweep` (sweep.table: the sweep's CSV; sweep.num_samples, which i
   interpolation.png     pairs of test images encoded to the plane z_max, their latents interpolated
                         (pfgm.latent.slerp) and decoded; the originals at both ends of each row;
   temperature.png       prior draws decoded with the latent scaled by each temperature;
-  flow.gif, trajectories.png   2D points only: particles following the field from z_max to the data.
+  flow.gif, trajectories.png   2D points only: particles following the field from z_max to the data;
+  norm_z.png, norm_z.csv   the paper's norm-z figure (norm-sigma for PFGM++): mean and std of ||x|| against
+                        the height while sampling num_samples with the report's solver, and for perturbed
+                        training rows (pfgm.diagnostics); metrics norm_spread_sampling, norm_spread_training.
 Everything is logged as artifacts of one MLflow run (run name "report", tag stage=report) that ends
 FINISHED, or FAILED on any error. Invalid settings and missing inputs fail before any run.
 """
@@ -38,14 +41,16 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.cli import command_line
 from flows.evaluate import check_model_fits
 from flows.params import ReportParams, load_sections, params_parser
-from flows.pyfunc_model import Sampler, TrainedModel, generate, load_trained
+from flows.pyfunc_model import HEUN_STEPS, Sampler, TrainedModel, generate, load_trained
 from flows.tracking import configure, resolve_device
 from flows.train import MODEL as MODEL_FILE
 from pfgm import data as pdata
-from pfgm import viz
+from pfgm import diagnostics, pfgmpp, viz
 from pfgm.latent import decode_with_temperature, flow_heights, interpolate_latents, record_trajectories
+from pfgm.networks.edm import as_denoiser
 from pfgm.ode import encode
 from pfgm.prior import sample_prior
 from pfgm.published import PublishedResult, for_data, load_published
@@ -54,6 +59,7 @@ SWEEP_COLUMNS = ("checkpoint", "solver", "method", "steps", "rtol", "atol", "nfe
                  "seconds_per_sample", "fid", "run_id")
 #: Every file the report may write; a file of this list that a run does not produce is removed.
 REPORT_FILES = ("table.csv", "table.md", "nfe_vs_fid.png", "samples.png", "interpolation.png", "temperature.png",
+                "norm_z.png", "norm_z.csv",
                 "flow.gif", "trajectories.png")
 #: Published rows shown when nothing is published on the run's own data set.
 REFERENCE_DATA = "cifar10"
@@ -64,6 +70,10 @@ SOLVER_GAVE_UP = ("underflow in dt", "max_num_steps exceeded")
 ENCODE_ATTEMPTS = 5
 #: Data points drawn behind the 2D pictures (more only slows the drawing).
 BACKGROUND_POINTS = 3000
+#: Training rows perturbed (once each) for the training curve of norm_z.png.
+NORM_TRAINING_ROWS = 2000
+#: PFGM's perturbation defaults (PFGM.md section 2), for a report run without the train section's values.
+DEFAULT_PERTURBATION = dict(sigma=0.01, tau=0.03, restrict_M=True)
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,8 @@ class TableRow:
     fid: float | None = None
     inception_score: float | None = None
     bpd: float | None = None
+    bpd_se: float | None = None
+    bpd_baseline: float | None = None
     nll: float | None = None
     nfe: float | None = None
     nfe_approximate: bool = False
@@ -218,6 +230,7 @@ def our_rows(inputs: Inputs, evaluate_path: str, sweep_path: str, sweep_num_samp
     ev, label = inputs.evaluation, model_label(inputs.model)
     rows = [TableRow(origin="this run: evaluate", data=inputs.name, model=label, fid=_finite(ev.get("fid")),
                      inception_score=_finite(ev.get("inception_score")), bpd=_finite(ev.get("bpd")),
+                     bpd_se=_finite(ev.get("bpd_se")), bpd_baseline=_finite(ev.get("bpd_baseline")),
                      nll=_finite(ev.get("nll")), nfe=_finite(ev.get("nfe")), solver=str(ev.get("method", "")),
                      num_samples=ev.get("num_samples"), features=features_text(ev), source=str(evaluate_path),
                      protocol=fid_protocol_text(ev, ev.get("num_samples"), sets=_sets_text(ev)))]
@@ -234,24 +247,45 @@ def our_rows(inputs: Inputs, evaluate_path: str, sweep_path: str, sweep_num_samp
     return rows
 
 
+#: Published feature networks and reference statistics, and what our features text says for the same
+#: protocol (clean-fid's legacy_tensorflow mode reproduces TF Inception's preprocessing; docs/FID.md).
+SAME_FEATURES = {"TF Inception": "Inception (legacy_tensorflow)"}
+SAME_REFERENCE = {"training set": "vs train split"}
+
+
 def comparison_note(published: PublishedResult, name: str, ours: TableRow) -> str:
-    """How a published number relates to ours; never a claim that they match."""
+    """How a published number relates to ours; never a claim that the numbers match. The protocol is
+    called the same only when sample count, feature network and reference statistics are all stated
+    and all agree with ours."""
     if published.data_name != name:
         return f"reference only: published on {published.data}, this run is on {name}"
-    differences = []
+    differences, agreements = [], []
     if published.num_samples is None:
         differences.append("sample count not stated")
     elif published.num_samples != ours.num_samples:
         differences.append(f"{published.num_samples} samples vs our {ours.num_samples}")
-    theirs = published.features or "features not stated"
-    differences.append(f"{theirs} vs our {ours.features or 'features'}")
-    if published.reference_statistics:
+    else:
+        agreements.append(f"{published.num_samples} samples")
+    features = ours.features or ""
+    if published.features and SAME_FEATURES.get(published.features, "\0") in features:
+        agreements.append(f"{published.features} = our {features.split(' vs ')[0]}")
+    else:
+        differences.append(f"{published.features or 'features not stated'} vs our {ours.features or 'features'}")
+    if not published.reference_statistics:
+        differences += [] if differences else ["reference statistics not stated"]
+    elif SAME_REFERENCE.get(published.reference_statistics, "\0") in features:
+        agreements.append(f"{published.reference_statistics} statistics")
+    else:
         differences.append(f"reference statistics: {published.reference_statistics}")
     if published.seeds:
         # The statistic the published number is: PFGM++/EDM report the best (min) of three 50k sets.
         statistic = "our fid_min" if "best" in published.seeds else "our fid"
-        differences.append(f"published FID is the {published.seeds} seed sets: compare with {statistic}")
-    return "same data set, different protocol: " + "; ".join(differences)
+        seeds = [f"published FID is the {published.seeds} seed sets: compare with {statistic}"]
+    else:
+        seeds = []
+    if differences:
+        return "same data set, different protocol: " + "; ".join(differences + seeds)
+    return "same data set, same protocol (" + ", ".join(agreements) + "): " + "; ".join(seeds or ["compare with our fid"])
 
 
 def _protocol(rows: list[PublishedResult]) -> str:
@@ -299,7 +333,8 @@ def write_table_csv(rows: list[TableRow], path: Path) -> None:
 
 #: (header, attribute, decimals) of the markdown table; columns empty in every row are left out.
 MD_COLUMNS = (("", "origin", None), ("data set", "data", None), ("model", "model", None), ("FID", "fid", 2),
-              ("IS", "inception_score", 2), ("bits/dim", "bpd", 3), ("NLL (nats)", "nll", 3), ("NFE", "nfe", 0),
+              ("IS", "inception_score", 2), ("bits/dim", "bpd", 3), ("bits/dim SE", "bpd_se", 3),
+              ("bits/dim, per-pixel histogram", "bpd_baseline", 3), ("NLL (nats)", "nll", 3), ("NFE", "nfe", 0),
               ("solver", "solver", None), ("samples", "num_samples", None), ("FID features", "features", None),
               ("source", "source", None), ("comparison with this run", "comparison", None))
 
@@ -338,6 +373,11 @@ def markdown(rows: list[TableRow], *, name: str, table_data: str) -> str:
         lines += ["", "Which of our FIDs a published one compares with: a number from one sample set (PFGM's "
                   "tables: 10k samples) with our `fid`; PFGM++'s and EDM's best of three 50k sets with our "
                   "`fid_min` over three `evaluate.seeds` (docs/FID.md)."]
+    if any(r.bpd_baseline is not None for r in rows):
+        lines += ["", "Bits/dim: test images dequantised at the data's own levels (evaluate.json `bpd_levels`), "
+                  "with the standard error over those images; beside them the same images under independent "
+                  "per-pixel histograms of the training split, the baseline a model must beat "
+                  "(docs/LIKELIHOOD.md)."]
     protocols = [r for r in rows if r.protocol and r.origin == "published"]
     if protocols:
         lines += ["", "Protocols of the published rows:", ""]
@@ -352,7 +392,7 @@ def our_metrics(rows: list[TableRow]) -> dict[str, float]:
         if not row.origin.startswith("this run"):
             continue
         prefix = "evaluate" if row.origin.endswith("evaluate") else "sweep_best"
-        for key in ("fid", "inception_score", "bpd", "nll", "nfe"):
+        for key in ("fid", "inception_score", "bpd", "bpd_se", "bpd_baseline", "nll", "nfe"):
             value = getattr(row, key)
             if value is not None:
                 metrics[f"{prefix}_{key}"] = float(value)
@@ -362,7 +402,8 @@ def our_metrics(rows: list[TableRow]) -> dict[str, float]:
 # --- pictures --------------------------------------------------------------------------------------
 
 def _ode_kwargs(params: ReportParams, model: TrainedModel) -> dict[str, Any]:
-    return dict(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps, z_exp=params.z_exp,
+    return dict(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
+                schedule=params.schedule, rho=params.rho, z_exp=params.z_exp,
                 gamma=float(model.hyperparameters.get("gamma", 5.0)))
 
 
@@ -381,7 +422,8 @@ def _prior(params: ReportParams, model: TrainedModel, n: int, generator: torch.G
 def draw_samples(params: ReportParams, inputs: Inputs, data_dir: str, folder: Path) -> Path:
     """samples.png: num_samples samples with the report's solver (a scatter plot for 2D points)."""
     sampler = Sampler(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
-                      z_min=params.z_min, z_exp=params.z_exp, clip_prior=params.clip_prior)
+                      schedule=params.schedule, rho=params.rho, z_min=params.z_min, z_exp=params.z_exp,
+                      clip_prior=params.clip_prior)
     generator = torch.Generator().manual_seed(params.seed)
     x = generate(inputs.model, params.num_samples, sampler, batch_size=params.num_samples, generator=generator).x
     title = f"{model_label(inputs.model)}, {params.method}"
@@ -525,9 +567,69 @@ def draw_nfe_vs_fid(inputs: Inputs, folder: Path) -> Path | None:
                                      f"(checkpoint {short_path(best['checkpoint'])})")
 
 
-def draw_pictures(params: ReportParams, inputs: Inputs, data_dir: str, folder: Path, report: Report) -> None:
-    """Every picture the data's kind and the model's objective allow, written into `folder`."""
+def norm_curves(model: TrainedModel, train: torch.Tensor, *, sampler: Sampler, num_samples: int,
+                generator: torch.Generator, perturbation: dict[str, Any] | None = None) -> dict[str, diagnostics.NormCurve]:
+    """The norm-z (PFGM) or norm-sigma (PFGM++) curves of a model (pfgm.diagnostics), by label:
+    "sampling": num_samples prior draws followed with `sampler` (PFGM++: EDM's Heun, sampler.steps or 18);
+    "training (perturbed)": the rows of `train` (B, *S) perturbed once as in training (PFGM: with
+    `perturbation`'s sigma, tau, restrict_M and the checkpoint's M). Randomness from `generator` (CPU)."""
+    hp, device = model.hyperparameters, _device(model)
+    if model.objective == "pfgmpp":
+        start = pfgmpp.sample_prior(num_samples, model.shape, D=hp["D"], generator=generator, device=device)
+        grid = pfgmpp.sigma_grid(sampler.steps or HEUN_STEPS, device=device)
+        sampling, _ = diagnostics.sampling_curve_pfgmpp(as_denoiser(model.net), start, grid)
+        training = diagnostics.perturbed_curve_pfgmpp(train.to(device), D=hp["D"], generator=generator)
+    else:
+        upper_norm = float(hp["upper_norm"]) if sampler.clip_prior else None
+        start = sample_prior(num_samples, model.shape, z_max=float(hp["z_max"]), upper_norm=upper_norm,
+                             generator=generator, device=device)
+        sampling, _ = diagnostics.sampling_curve_pfgm(
+            model.net, start, z_max=float(hp["z_max"]), z_min=sampler.z_min, method=sampler.method, rtol=sampler.rtol,
+            atol=sampler.atol, steps=sampler.steps, schedule=sampler.schedule, rho=sampler.rho,
+            gamma=float(hp.get("gamma", 5.0)), z_exp=sampler.z_exp)
+        training = diagnostics.perturbed_curve_pfgm(train.to(device), M=int(hp["M"]), generator=generator,
+                                                    **(perturbation or DEFAULT_PERTURBATION))
+    return {"sampling": sampling, "training (perturbed)": training}
+
+
+def write_norm_csv(panels: dict[str, dict[str, diagnostics.NormCurve]], path: Path) -> Path:
+    """norm_z.csv: one row per height of every curve (model, curve, variable, height, mean, std, count)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["model", "curve", "variable", "height", "mean", "std", "count"])
+        writer.writeheader()
+        for model, curves in panels.items():
+            for name, curve in curves.items():
+                writer.writerows(dict(model=model, curve=name, **row) for row in curve.rows())
+    return path
+
+
+@task(cache_policy=NO_CACHE)
+def draw_norm_curves(params: ReportParams, inputs: Inputs, data_dir: str, folder: Path,
+                     perturbation: dict[str, Any] | None) -> dict[str, float]:
+    """norm_z.png and norm_z.csv (images only): ||x|| against z or sigma while sampling num_samples
+    samples with the report's solver and for perturbed training rows; returns each curve's spread
+    (median std / mean over heights) as metrics."""
+    generator = torch.Generator().manual_seed(params.seed + 2)  # other draws than the other pictures
+    train = pdata.load_split(data_dir, "train")[:NORM_TRAINING_ROWS]
+    sampler = Sampler(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
+                      schedule=params.schedule, rho=params.rho, z_min=params.z_min, z_exp=params.z_exp,
+                      clip_prior=params.clip_prior)
+    curves = norm_curves(inputs.model, train, sampler=sampler, num_samples=params.num_samples, generator=generator,
+                         perturbation=perturbation)
+    label = model_label(inputs.model)
+    viz.save_norm_curves({label: curves}, folder / "norm_z.png",
+                         title=f"{inputs.name}: norm of the data part against the height (shaded: ±1 std)")
+    write_norm_csv({label: curves}, folder / "norm_z.csv")
+    return {f"norm_spread_{'sampling' if name == 'sampling' else 'training'}": curve.spread()
+            for name, curve in curves.items()}
+
+
+def draw_pictures(params: ReportParams, inputs: Inputs, data_dir: str, folder: Path, report: Report,
+                  perturbation: dict[str, Any] | None = None) -> None:
+    """Every picture the data's kind and the model's objective allow, written into `folder`;
+    `perturbation` (sigma, tau, restrict_M of the train section) draws norm_z.png's training curve."""
     logger = get_run_logger()
+    report.metrics |= draw_norm_curves(params, inputs, data_dir, folder, perturbation)
     if draw_nfe_vs_fid(inputs, folder) is None:
         logger.info("no finite FID in the sweep table (2D points, or every point diverged): no nfe_vs_fid.png")
     if inputs.model.objective != "pfgm":
@@ -579,12 +681,15 @@ def _run_params(params: ReportParams, inputs: Inputs, data_dir: str, model_path:
 
 @flow(name="report")
 def report(params: ReportParams, data_dir: str, model_path: str, evaluate_path: str, sweep_path: str,
-           sweep_num_samples: int | None = None, sweep_protocol: dict[str, Any] | None = None) -> dict[str, Any]:
+           sweep_num_samples: int | None = None, sweep_protocol: dict[str, Any] | None = None,
+           perturbation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write the table and the pictures into params.out and log them to one MLflow run.
 
     `sweep_num_samples` (the sweep section's num_samples) is shown beside the sweep's best FID, whose
     table does not record it: FID depends on the sample count. `sweep_protocol` (the sweep section's
     features, fid_mode, fid_reference, quantize) names how its FIDs were measured (None: as evaluate's).
+    `perturbation` (the train section's sigma, tau, restrict_M) perturbs the training rows of norm_z.png as
+    training did (None: PFGM.md's defaults).
 
     Returns dict(out, files, table (list of row dicts), metrics, run_id).
     """
@@ -600,7 +705,7 @@ def report(params: ReportParams, data_dir: str, model_path: str, evaluate_path: 
             write_table_csv(result.rows, staging / "table.csv")
             (staging / "table.md").write_text(markdown(result.rows, name=inputs.name, table_data=inputs.table_data))
             with torch_threads(params.threads):
-                draw_pictures(params, inputs, data_dir, staging, result)
+                draw_pictures(params, inputs, data_dir, staging, result, perturbation)
             result.metrics |= our_metrics(result.rows)
             mlflow.log_metrics(result.metrics)
             mlflow.log_artifacts(str(staging))
@@ -625,10 +730,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configure()
     result = report(params, data_dir=data.out, model_path=str(Path(train.out) / MODEL_FILE),
                     evaluate_path=evaluation.out, sweep_path=sweep.table, sweep_num_samples=sweep.num_samples,
-                    sweep_protocol=sweep_protocol(sweep))
+                    sweep_protocol=sweep_protocol(sweep),
+                    perturbation=dict(sigma=train.sigma, tau=train.tau, restrict_M=train.restrict_M))
     print(json.dumps({k: result[k] for k in ("out", "files", "metrics", "run_id")}, sort_keys=True))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

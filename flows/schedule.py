@@ -12,7 +12,9 @@ sweep.out and sweep.table): the DVC outputs of the sweep stage stay as the stage
 
 `serve` registers the deployment `evaluate-champion/nightly` with the Prefect API (PREFECT_API_URL;
 a schedule needs a running server, `prefect server start`) and runs its flow runs in this process
-until stopped. Trigger one by hand with `prefect deployment run evaluate-champion/nightly`.
+until stopped. Trigger one by hand with `prefect deployment run evaluate-champion/nightly`. On the
+team stack (scripts/stack.py) the same deployment comes from prefect.yaml instead, on the work pool
+`pfgm`, and the pool's process workers run it (README "Team setup").
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from typing import Any
 import mlflow
 from prefect import flow, get_run_logger
 
+from flows.cli import command_line
 from flows.params import load_section, params_parser
 from flows.registry import champion
 from flows.sweep import SweepResult, run_sweep
@@ -96,4 +99,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

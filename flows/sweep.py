@@ -19,9 +19,9 @@ The parent run (run name "sweep", tag stage=sweep) holds the sweep-wide params, 
 and markdown, and a summary; the table is also written to sweep.table and the summary (flat JSON for
 `dvc metrics show`) to sweep.out. Table columns, in this order (more may follow at the end):
     checkpoint, solver, method, steps, rtol, atol, nfe, nfe_max, seconds_per_sample, fid, run_id
-then objective, nonfinite_samples, kid.
-`solver` is a label ("RK45 tol=1e-4", "Euler 20 steps", "Heun 10 steps", "EDM Heun 18 steps");
-`method` the torchdiffeq method (or "heun" for EDM's sampler); rtol = atol for adaptive methods,
+then objective, nonfinite_samples, kid, schedule, rho (the fixed-step grid).
+`solver` is a label ("RK45 tol=1e-4", "Euler 20 steps", "DPM-Solver++(2M) [rho 5] 6 steps", "EDM Heun
+18 steps"); `method` the pfgm.ode method (or "edm_heun" for EDM's sampler); rtol = atol for adaptive methods,
 steps for fixed-step ones, the other empty.
 
 A diverging solver is a result, not a crash: a point whose samples hold any non-finite value gets
@@ -46,7 +46,7 @@ import math
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.cli import command_line
 from flows.evaluate import check_model_fits, fid_scorer, resolve_features, sample_figure, write_json
 from flows.params import ParamsError, SweepParams, load_sections, params_parser
 from flows.pyfunc_model import Generated, Sampler, TrainedModel, generate, load_trained, method_name
@@ -73,9 +74,12 @@ from pfgm.ode import ADAPTIVE_METHODS
 #: The table's contract with its readers (the report flow): these columns, in this order, first.
 COLUMNS = ("checkpoint", "solver", "method", "steps", "rtol", "atol", "nfe", "nfe_max", "seconds_per_sample",
            "fid", "run_id")
-EXTRA_COLUMNS = ("objective", "nonfinite_samples", "kid")
-#: Display names of the solvers (torchdiffeq's dopri5 is RK45; heun2 is Heun's improved Euler).
-SOLVER_NAMES = {"dopri5": "RK45", "euler": "Euler", "heun2": "Heun", "heun": "EDM Heun"}
+EXTRA_COLUMNS = ("objective", "nonfinite_samples", "kid", "schedule", "rho")
+#: Display names of the solvers: euler and heun are the official steps in z, torchdiffeq's Euler and
+#: Heun (heun2) step in ln z, dopri5 is RK45, edm_heun is EDM's Heun of PFGM++ models.
+SOLVER_NAMES = {"dopri5": "RK45", "scipy_rk45": "scipy RK45", "euler": "Euler", "heun": "Heun",
+                "dpmpp_2m": "DPM-Solver++(2M)", "euler_ln_z": "Euler (ln z)", "heun2": "Heun (ln z)",
+                "edm_heun": "EDM Heun"}
 
 SAMPLING_LOCK = threading.Lock()
 #: How torchdiffeq's adaptive solvers give up (an AssertionError) when the step size collapses on a
@@ -100,13 +104,15 @@ class Plan:
     features: str | None
     models: dict[str, TrainedModel]
     points: tuple[Point, ...]
+    paths: dict[str, str] = field(default_factory=dict)  # label -> checkpoint file (Dask workers load it)
 
 
 @dataclass(frozen=True)
 class Parent:
-    """The sweep's MLflow run, as the worker threads need it."""
+    """The sweep's MLflow run, as the workers (threads or Dask processes) need it."""
     run_id: str
     experiment_id: str
+    tracking_uri: str | None = None  # explicit: a Dask worker process has no configured tracking URI
 
 
 @dataclass(frozen=True)
@@ -123,9 +129,10 @@ def short_float(value: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def solver_label(method: str, *, steps: int | None = None, tolerance: float | None = None) -> str:
-    """A human label: "RK45 tol=1e-4", "Euler 20 steps", "Heun 10 steps", "EDM Heun 18 steps"."""
-    name = SOLVER_NAMES.get(method, method)
+def solver_label(method: str, *, steps: int | None = None, tolerance: float | None = None,
+                 rho: float | None = None) -> str:
+    """A human label: "RK45 tol=1e-4", "Euler 20 steps", "DPM-Solver++(2M) [rho 5] 6 steps" (a power grid)."""
+    name = SOLVER_NAMES.get(method, method) + (f" [rho {rho:g}]" if rho is not None else "")
     return f"{name} tol={short_float(tolerance)}" if steps is None else f"{name} {steps} steps"
 
 
@@ -133,7 +140,7 @@ def grid_samplers(params: SweepParams, objective: str) -> list[tuple[str, Sample
     """(label, sampler) of every setting the sweep gives a model of this objective, in params order."""
     common = dict(z_min=params.z_min, z_exp=params.z_exp, clip_prior=params.clip_prior)
     if objective == "pfgmpp":
-        return [(solver_label("heun", steps=n), Sampler(method="heun", steps=n, **common))
+        return [(solver_label("edm_heun", steps=n), Sampler(method="edm_heun", steps=n, **common))
                 for n in params.heun_steps]
     settings = []
     for grid in params.solvers:
@@ -141,7 +148,8 @@ def grid_samplers(params: SweepParams, objective: str) -> list[tuple[str, Sample
             settings += [(solver_label(grid.method, tolerance=tol),
                           Sampler(method=grid.method, rtol=tol, atol=tol, **common)) for tol in grid.tolerances]
         else:
-            settings += [(solver_label(grid.method, steps=n), Sampler(method=grid.method, steps=n, **common))
+            settings += [(solver_label(grid.method, steps=n, rho=grid.rho),
+                          Sampler(method=grid.method, steps=n, schedule=grid.schedule, rho=grid.rho, **common))
                          for n in grid.steps]
     return settings
 
@@ -163,14 +171,15 @@ def check_inputs(params: SweepParams, data_dir: str, checkpoints: list[str],
     if features == "inception":
         pmetrics.ensure_weights(params.fid_mode, params.inception_path, download=params.download_weights)
     device = resolve_device(params.device)
-    models, points = {}, []
+    models, points, paths = {}, [], {}
     for path, label in zip(checkpoints, labels):
         model = load_trained(path, device=device)
         check_model_fits(model, path, z_min=params.z_min, section="sweep", manifest=manifest, data_dir=data_dir)
-        models[label] = model
+        models[label], paths[label] = model, str(path)
         points += [Point(checkpoint=label, solver=name, method=method_name(model, sampler),
                          sampler=sampler) for name, sampler in grid_samplers(params, model.objective)]
-    return Plan(kind=manifest["kind"], name=manifest["name"], features=features, models=models, points=tuple(points))
+    return Plan(kind=manifest["kind"], name=manifest["name"], features=features, models=models, points=tuple(points),
+                paths=paths)
 
 
 def solver_setting(point: Point) -> dict[str, Any]:
@@ -181,20 +190,34 @@ def solver_setting(point: Point) -> dict[str, Any]:
     return dict(steps=sampler.steps, rtol=None, atol=None)
 
 
+def grid_setting(point: Point) -> dict[str, Any]:
+    """schedule and rho of a fixed-step point (None for adaptive methods and EDM's own sigma grid)."""
+    if point.method in ADAPTIVE_METHODS or point.method == "edm_heun":
+        return dict(schedule=None, rho=None)
+    return dict(schedule=point.sampler.schedule, rho=point.sampler.rho)
+
+
 def point_params(point: Point, model: TrainedModel, params: SweepParams) -> dict[str, Any]:
     """The child run's params; settings that do not apply to the method (None) are left out."""
     sampler = point.sampler
-    values = dict(solver=point.solver, method=point.method, **solver_setting(point), checkpoint=point.checkpoint,
+    values = dict(solver=point.solver, method=point.method, **solver_setting(point), **grid_setting(point),
+                  checkpoint=point.checkpoint,
                   objective=model.objective, num_samples=params.num_samples, batch_size=params.batch_size,
                   seed=params.seed, z_min=sampler.z_min, z_exp=sampler.z_exp, clip_prior=sampler.clip_prior)
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _start_child(client: MlflowClient, parent: Parent, point: Point, params: dict[str, Any]) -> str:
-    tags = {"mlflow.parentRunId": parent.run_id, "stage": "sweep-point", "solver": point.solver}
-    run = client.create_run(parent.experiment_id, run_name=point.solver, tags=tags)
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-    return run.info.run_id
+def _start_child(client: MlflowClient, parent: Parent, point: Point, params: dict[str, Any],
+                 run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create the point's child run, or go on in `run_id` (a retry after a lost Dask worker): the same
+    params again (MLflow accepts an identical value) and the new tags."""
+    tags = {"mlflow.parentRunId": parent.run_id, "stage": "sweep-point", "solver": point.solver, **(tags or {})}
+    if run_id is None:
+        run_id = client.create_run(parent.experiment_id, run_name=point.solver, tags=tags).info.run_id
+    else:
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run_id
 
 
 def _finish_child(client: MlflowClient, run_id: str, metrics: dict[str, float], diverged: bool, figure) -> None:
@@ -241,16 +264,16 @@ def _row(point: Point, model: TrainedModel, metrics: dict[str, float], run_id: s
     return dict(checkpoint=point.checkpoint, solver=point.solver, method=point.method, **solver_setting(point),
                 nfe=metrics["nfe"], nfe_max=metrics["nfe_max"], seconds_per_sample=metrics["seconds_per_sample"],
                 fid=metrics.get("fid", math.nan), run_id=run_id, objective=model.objective,
-                nonfinite_samples=int(metrics["nonfinite_samples"]), kid=metrics.get("kid", math.nan))
+                nonfinite_samples=int(metrics["nonfinite_samples"]), kid=metrics.get("kid", math.nan),
+                **grid_setting(point))
 
 
-# Networks and tensors travel in memory: NO_CACHE spares Prefect hashing them.
-@task(cache_policy=NO_CACHE, task_run_name="{point.solver}")
-def evaluate_point(point: Point, model: TrainedModel, *, params: SweepParams, scorer: pmetrics.FidScorer | None,
-                   kind: str, parent: Parent) -> dict[str, Any]:
-    """Sample, time and score one point in a child run of `parent`; returns the point's table row."""
-    client = MlflowClient()
-    run_id = _start_child(client, parent, point, point_params(point, model, params))
+def score_point(point: Point, model: TrainedModel, *, params: SweepParams, scorer: pmetrics.FidScorer | None,
+                kind: str, parent: Parent, run_id: str | None = None,
+                tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """Sample, time and score one point in a child run of `parent` (new, or `run_id`); returns its table row."""
+    client = MlflowClient(parent.tracking_uri)
+    run_id = _start_child(client, parent, point, point_params(point, model, params), run_id=run_id, tags=tags)
     try:
         generated, gave_up = draw_point(point, model, params)
         if gave_up:
@@ -263,12 +286,20 @@ def evaluate_point(point: Point, model: TrainedModel, *, params: SweepParams, sc
     return _row(point, model, metrics, run_id)
 
 
+# Networks and tensors travel in memory: NO_CACHE spares Prefect hashing them.
+@task(cache_policy=NO_CACHE, task_run_name="{point.solver}")
+def evaluate_point(point: Point, model: TrainedModel, *, params: SweepParams, scorer: pmetrics.FidScorer | None,
+                   kind: str, parent: Parent) -> dict[str, Any]:
+    """score_point on a thread of this process, with the model and scorer the flow loaded."""
+    return score_point(point, model, params=params, scorer=scorer, kind=kind, parent=parent)
+
+
 def sweep_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Rows -> the table: COLUMNS then EXTRA_COLUMNS; steps as nullable integers (empty when adaptive)."""
     table = pd.DataFrame(rows, columns=[*COLUMNS, *EXTRA_COLUMNS])
     table["steps"] = table["steps"].astype("Int64")
     table["nfe_max"] = table["nfe_max"].astype(float).round().astype("Int64")
-    for column in ("rtol", "atol", "fid", "nfe", "seconds_per_sample", "kid"):
+    for column in ("rtol", "atol", "fid", "nfe", "seconds_per_sample", "kid", "rho"):
         table[column] = table[column].astype(float)
     return table
 
@@ -312,7 +343,7 @@ def _log_parent(client: MlflowClient, parent: Parent, table: pd.DataFrame, summa
 def _sweep_params(params: SweepParams, plan: Plan, data_dir: str) -> dict[str, Any]:
     return dict(num_samples=params.num_samples, batch_size=params.batch_size, seed=params.seed,
                 z_min=params.z_min, z_exp=params.z_exp, clip_prior=params.clip_prior, workers=params.workers,
-                features=plan.features, data_dir=data_dir, checkpoints=",".join(plan.models),
+                runner=params.runner, dask_address=params.dask_address or None, features=plan.features, data_dir=data_dir, checkpoints=",".join(plan.models),
                 points=len(plan.points), **_fid_params(params, plan.features))
 
 
@@ -324,11 +355,19 @@ def _fid_params(params: SweepParams, features: str | None) -> dict[str, Any]:
                 quantize=params.quantize, stats_cache=params.stats_cache)
 
 
-def _run_points(plan: Plan, params: SweepParams, scorer: pmetrics.FidScorer | None,
-                parent: Parent) -> list[dict[str, Any]]:
-    """Submit every point, wait for all of them (none is left running), then raise the first failure."""
-    futures = [evaluate_point.submit(point, plan.models[point.checkpoint], params=params, scorer=scorer,
-                                     kind=plan.kind, parent=parent) for point in plan.points]
+def _run_points(plan: Plan, params: SweepParams, scorer: pmetrics.FidScorer | None, parent: Parent,
+                data_dir: str) -> list[dict[str, Any]]:
+    """Submit every point, wait for all of them (none is left running), then raise the first failure.
+
+    Dask workers get paths, not the loaded model and scorer: each loads them once (flows.sweep_dask).
+    """
+    if params.runner == "dask":
+        from flows.sweep_dask import submit_points
+
+        futures = submit_points(plan, params, parent, data_dir)
+    else:
+        futures = [evaluate_point.submit(point, plan.models[point.checkpoint], params=params, scorer=scorer,
+                                         kind=plan.kind, parent=parent) for point in plan.points]
     wait(futures)
     return [future.result() for future in futures]
 
@@ -351,9 +390,10 @@ def sweep(params: SweepParams, data_dir: str, checkpoints: list[str], labels: li
         scorer = fid_scorer(params, plan.features, data_dir)
     client = MlflowClient()
     with mlflow.start_run(run_name="sweep", tags={"stage": "sweep", "data": plan.name, **(tags or {})}) as run:
-        parent = Parent(run_id=run.info.run_id, experiment_id=run.info.experiment_id)
+        parent = Parent(run_id=run.info.run_id, experiment_id=run.info.experiment_id,
+                        tracking_uri=mlflow.get_tracking_uri())
         mlflow.log_params(_sweep_params(params, plan, data_dir))
-        table = sweep_table(_run_points(plan, params, scorer, parent))
+        table = sweep_table(_run_points(plan, params, scorer, parent, data_dir))
         summary = summarize(table, parent.run_id)
         _log_parent(client, parent, table, summary)
     Path(params.table).parent.mkdir(parents=True, exist_ok=True)
@@ -365,10 +405,18 @@ def sweep(params: SweepParams, data_dir: str, checkpoints: list[str], labels: li
 
 def run_sweep(params: SweepParams, data_dir: str, checkpoints: list[str], labels: list[str] | None = None,
               tags: dict[str, str] | None = None) -> SweepResult:
-    """The sweep flow on a thread pool of params.workers threads."""
-    runner = ThreadPoolTaskRunner(max_workers=params.workers)
-    return sweep.with_options(task_runner=runner)(params, data_dir=data_dir, checkpoints=checkpoints,
+    """The sweep flow on its task runner: params.workers threads, or Dask (sweep.runner)."""
+    return sweep.with_options(task_runner=task_runner(params))(params, data_dir=data_dir, checkpoints=checkpoints,
                                                   labels=labels, tags=tags)
+
+
+def task_runner(params: SweepParams):
+    """ThreadPoolTaskRunner of params.workers threads, or a DaskTaskRunner (flows.sweep_dask)."""
+    if params.runner == "dask":
+        from flows.sweep_dask import dask_task_runner
+
+        return dask_task_runner(params)
+    return ThreadPoolTaskRunner(max_workers=params.workers)
 
 
 def default_checkpoints(params: SweepParams, train_out: str) -> list[str]:
@@ -387,4 +435,4 @@ def main(argv: list[str] | None = None) -> SweepResult:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

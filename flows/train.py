@@ -46,13 +46,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from torch import Tensor, nn
 
+from flows.cli import command_line
 from flows.params import DataParams, ParamsError, TrainParams, load_section, params_parser
-from flows.tracking import configure, resolve_device
+from flows.tracking import configure, log_dataset, resolve_device, train_run_name
 from pfgm import data as pdata
 from pfgm import ode, pfgmpp, prior, training
-from pfgm.networks.edm import precondition
+from pfgm.networks.edm import as_denoiser, precond_kwargs
 from pfgm.perturb import hyperparameters as data_hyperparameters, prior_range
 from pfgm.training import NETWORKS, DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, TrainState
+from pfgm.training.augment import EDM_CIFAR10_KWARGS, AugmentPipe
 
 MODEL = "model.pt"
 METRICS = ("loss", "grad_norm", "images_per_s", "lr")
@@ -62,7 +64,9 @@ STEPS_PER_BATCH = 200  # 4 metrics + 1 tag per step stays under MLflow's 1000 en
 SAMPLE_IMAGES, SAMPLE_POINTS = 16, 512
 EULER_STEPS, HEUN_STEPS, Z_MIN = 20, 10, 1e-3
 # Embeddings of ln(scalar): PFGM++ conditions on c_noise = ln(sigma)/4, which is often <= 0.
-LOG_EMBEDDING = {"FieldMLP": "log", "FieldConvNet": "log", "DDPMpp": "fourier"}
+LOG_EMBEDDING = {"FieldMLP": "log", "FieldConvNet": "log", "NCSNv2Small": "log", "DDPMpp": "fourier"}
+#: Denoisers: networks that only train PFGM++ (the field networks serve both objectives).
+DENOISERS = ("EDMPrecond",)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -72,40 +76,98 @@ def _invalid(key: str, message: str) -> ParamsError:
     return ParamsError(f"invalid params: {key}: {message}")
 
 
+def _square_images(network: str, manifest: dict) -> list[int]:
+    shape = [int(s) for s in manifest["shape"]]
+    if manifest["kind"] != "image" or len(shape) != 3 or shape[1] != shape[2]:
+        raise _invalid("train.network", f"{network} needs square images; {manifest['name']} holds "
+                                        f"{manifest['kind']} of shape {shape}")
+    return shape
+
+
 def _shape_kwargs(network: str, manifest: dict) -> dict[str, Any]:
-    """The network arguments that come from the data: data_shape (FieldMLP, FieldConvNet), or
-    image_size and channels (DDPMpp)."""
+    """The network arguments that come from the data: data_shape (FieldMLP, FieldConvNet, NCSNv2Small),
+    image_size and channels (DDPMpp), img_resolution and img_channels (EDMPrecond)."""
     shape = [int(s) for s in manifest["shape"]]
     if network == "FieldMLP":
         return {"data_shape": shape}
-    if network == "FieldConvNet":
+    if network in ("FieldConvNet", "NCSNv2Small"):
         if manifest["kind"] != "image":
-            raise _invalid("train.network", f"FieldConvNet needs images; {manifest['name']} holds "
+            raise _invalid("train.network", f"{network} needs images; {manifest['name']} holds "
                                             f"{manifest['kind']} of shape {shape} (use FieldMLP)")
         return {"data_shape": shape}
-    if manifest["kind"] != "image" or len(shape) != 3 or shape[1] != shape[2]:
-        raise _invalid("train.network", f"DDPMpp needs square images; {manifest['name']} holds "
-                                        f"{manifest['kind']} of shape {shape}")
-    return {"image_size": shape[1], "channels": shape[0]}
+    channels, side, _ = _square_images(network, manifest)
+    if network == "EDMPrecond":
+        return {"img_resolution": side, "img_channels": channels}
+    return {"image_size": side, "channels": channels}
+
+
+def _filled_in(params: TrainParams, manifest: dict) -> dict[str, tuple[Any, str]]:
+    """Arguments the flow sets itself: {name: (value, where it comes from)}."""
+    data = f"from the data ({manifest['name']})"
+    filled = {key: (value, data) for key, value in _shape_kwargs(params.network, manifest).items()}
+    if params.network == "EDMPrecond":
+        # Recorded by EDMPrecond as Newbeeer/pfgmpp's does (its generate.py checks net.D); the loss uses train.D.
+        filled["pfgmpp"] = (True, "from train.objective")
+        filled["D"] = (params.D, "from train.D")
+        filled["label_dim"] = (0, "0: the pipeline trains unconditionally")
+    return filled
+
+
+def _accepted(network: str, kwargs: dict[str, Any]) -> set[str]:
+    """Keyword names the network class takes (EDMPrecond: its own and its backbone's)."""
+    if network == "EDMPrecond":
+        model_type = kwargs.get("model_type", "SongUNet")
+        try:
+            return set(precond_kwargs(model_type))
+        except KeyError:
+            raise _invalid("train.network_kwargs.model_type", f"unknown backbone {model_type!r}") from None
+    return set(inspect.signature(NETWORKS[network]).parameters)
 
 
 def network_kwargs(params: TrainParams, manifest: dict) -> dict[str, Any]:
-    """train.network_kwargs plus the data's shape, each key checked against the network's signature."""
-    cls = NETWORKS[params.network]
-    from_data = _shape_kwargs(params.network, manifest)
-    accepted = set(inspect.signature(cls).parameters) - set(from_data)
+    """train.network_kwargs plus what the flow fills in (the data's shape; for EDMPrecond also pfgmpp, D
+    and label_dim), each key checked against the network's signature."""
+    if params.network in DENOISERS and params.objective != "pfgmpp":
+        raise _invalid("train.network", f"{params.network} is a denoiser: it trains objective pfgmpp only "
+                                        "(pfgm needs a field network: FieldMLP, FieldConvNet, DDPMpp)")
+    filled = _filled_in(params, manifest)
+    accepted = _accepted(params.network, params.network_kwargs) - set(filled)
     for key in params.network_kwargs:
-        if key in from_data:
-            raise _invalid(f"train.network_kwargs.{key}", f"filled in from the data ({manifest['name']}); remove it")
+        if key in filled:
+            raise _invalid(f"train.network_kwargs.{key}", f"filled in {filled[key][1]}; remove it")
         if key not in accepted:
             raise _invalid(f"train.network_kwargs.{key}",
                            f"not an argument of {params.network} (known: {', '.join(sorted(accepted))})")
-    kwargs = {**params.network_kwargs, **from_data}
-    if params.objective == "pfgmpp" and kwargs.get("embedding") == LOG_EMBEDDING[params.network]:
+    kwargs = {**params.network_kwargs, **{key: value for key, (value, _) in filled.items()}}
+    if params.objective == "pfgmpp" and "embedding" in kwargs and kwargs["embedding"] == LOG_EMBEDDING.get(
+            params.network):
         raise _invalid("train.network_kwargs.embedding",
                        f"{kwargs['embedding']!r} embeds a logarithm, but pfgmpp conditions the network on "
                        "ln(sigma)/4, which can be <= 0; use 'positional'")
+    check_augment(params)
     return kwargs
+
+
+def augment_pipe(params: TrainParams) -> AugmentPipe | None:
+    """EDM's augmentation with probability train.augment and EDM's CIFAR-10 transforms, or None at 0."""
+    return AugmentPipe(p=params.augment, **EDM_CIFAR10_KWARGS) if params.augment > 0 else None
+
+
+def check_augment(params: TrainParams) -> None:
+    """train.augment needs objective pfgmpp and an EDMPrecond conditioning on exactly its labels; an
+    EDMPrecond with augment_dim > 0 needs augmentation (EDM sets one with the other)."""
+    pipe = augment_pipe(params)
+    if pipe is not None and (params.objective != "pfgmpp" or params.network != "EDMPrecond"):
+        raise _invalid("train.augment", "EDM's augmentation trains the pfgmpp objective with network EDMPrecond "
+                                        f"(got objective {params.objective}, network {params.network}); set 0")
+    if params.network != "EDMPrecond":
+        return
+    wanted = pipe.augment_dim if pipe is not None else 0
+    got = params.network_kwargs.get("augment_dim", 0)
+    if got != wanted:
+        why = (f"train.augment {params.augment} produces {wanted} labels per image ({', '.join(pipe.label_names)})"
+               if pipe is not None else "train.augment is 0: there are no augmentation labels to condition on")
+        raise _invalid("train.network_kwargs.augment_dim", f"must be {wanted}, got {got}: {why}")
 
 
 def build_network(params: TrainParams, manifest: dict) -> nn.Module:
@@ -152,7 +214,7 @@ def run_hyperparameters(charges: Tensor, params: TrainParams) -> dict[str, float
 def build_loss(params: TrainParams, hp: dict) -> PFGMLoss | PFGMppLoss:
     """PFGMLoss (objective pfgm) or PFGMppLoss (pfgmpp) with the section's settings."""
     if params.objective == "pfgmpp":
-        return PFGMppLoss(D=params.D)
+        return PFGMppLoss(D=params.D, augment=augment_pipe(params))
     return PFGMLoss(M=hp["M"], sigma=params.sigma, tau=params.tau, gamma=params.gamma,
                     restrict_M=params.restrict_M, small_batch=params.small_batch, reduce=params.reduce)
 
@@ -284,7 +346,9 @@ def open_run(params: TrainParams, built: Setup, manifest: dict, resume: Resume |
     state = training.create_state(built.net.to(built.device), built.config, generator)
     tags = dict(objective=params.objective, data=manifest["name"], network=params.network,
                 fingerprint=built.metadata["fingerprint"])
-    run = mlflow.start_run(run_name=f"train-{manifest['name']}-{params.objective}", tags=tags)
+    name = train_run_name(manifest["name"], params.network, params.objective, built.hyperparameters,
+                          steps=params.steps, lr=params.lr, batch_size=params.batch_size)
+    run = mlflow.start_run(run_name=name, tags=tags)
     return state, run.info.run_id, 0
 
 
@@ -310,7 +374,7 @@ def ema_samples(net: nn.Module, hp: dict, objective: str, shape: tuple[int, ...]
     if objective == "pfgmpp":
         start = pfgmpp.sample_prior(n, shape, D=hp["D"], generator=generator, device=device)
         grid = pfgmpp.sigma_grid(HEUN_STEPS, device=device)
-        return pfgmpp.heun(lambda x, sigma: precondition(net, x, sigma), start, grid).x
+        return pfgmpp.heun(as_denoiser(net), start, grid).x
     start = prior.sample_prior(n, shape, z_max=hp["z_max"], upper_norm=hp["upper_norm"], generator=generator,
                                device=device)
     return ode.sample(net, start, z_max=hp["z_max"], z_min=Z_MIN, method="euler", steps=EULER_STEPS).x
@@ -518,6 +582,7 @@ def train(params: TrainParams, data: DataParams, root: str = ".", history: str |
     tracker = None
     try:
         describe_run(params, built, manifest, resume, state.step)
+        log_dataset(data.out, manifest, context="training")
         tracker = RunTracker(client, run_id, logged_through=logged_through, config=built.config,
                              sample_every=params.sample_every, kind=manifest["kind"],
                              sampler=make_sampler(state, built.hyperparameters, params.objective, manifest,
@@ -554,4 +619,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    command_line(main)

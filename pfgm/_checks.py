@@ -78,7 +78,12 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> floa
     return number
 
 
-def check_dims(D: int) -> int:
+def check_dims(D: int | float, *, allow_inf: bool = False) -> int | float:
+    """D >= 1 an integer; with `allow_inf` also math.inf, the diffusion limit (where only sigma = r / sqrt(D)
+    stays finite: the PFGM++ functions that take sigma accept it, those that take r do not)."""
+    if allow_inf and D == math.inf and not isinstance(D, bool):
+        return D
     if isinstance(D, bool) or not isinstance(D, int) or D < 1:
-        raise ValueError(f"D (the number of augmented dimensions) must be an integer >= 1, got {D!r}")
+        limit = ", or math.inf for the diffusion limit" if allow_inf else ""
+        raise ValueError(f"D (the number of augmented dimensions) must be an integer >= 1{limit}, got {D!r}")
     return D

@@ -8,7 +8,8 @@ Sampling. The field line ODE dx/dr = E_x / E_r equals (x - E[y | x, r]) / r, the
 under the same kernel; in sigma it is EDM's ODE dx/dsigma = (x - D(x, sigma)) / sigma. Hence EDM's Heun
 sampler, started from the PFGM++ prior (the kernel centred at 0 with r_max = sigma_max sqrt(D)).
 `sigma_grid` builds the schedule; `heun` only walks the grid it is given (the k-diffusion contract)
-and counts network evaluations.
+and counts network evaluations. Its denoiser is any D(x, sigma): an EDMPrecond as it is, a field network
+through `pfgm.networks.edm.as_denoiser`, or `optimal_denoiser` below.
 """
 from __future__ import annotations
 
@@ -38,12 +39,15 @@ def sample_sigma(n: int, *, P_mean: float = P_MEAN, P_std: float = P_STD,
 
 
 def perturb(data: Tensor, sigma: Tensor, *, D: int, generator: torch.Generator | None = None) -> Tensor:
-    """x = y + offset, offset ~ p_r(. | 0) with r = sigma sqrt(D).
+    """x = y + offset, offset ~ p_r(. | 0) with r = sigma sqrt(D); D = math.inf: EDM's y + sigma n,
+    n ~ N(0, I), the kernel's limit.
 
     Args: data (B, *S); sigma (B,) > 0. Returns x (B, *S).
     """
     check_finite("data", check_tensor("data", data, min_dim=2))
-    check_dims(D)
+    if check_dims(D, allow_inf=True) == math.inf:
+        noise = draw(torch.randn, data.shape, generator=generator, device=data.device, dtype=data.dtype)
+        return data + sigma.to(data.dtype).reshape(-1, *[1] * (data.dim() - 1)) * noise
     radius = sigma.to(data.dtype) * math.sqrt(D)
     offsets = kernel_offsets(data.shape[0], tuple(data.shape[1:]), radius.to(data.device), D=D,
                              generator=generator, device=data.device, dtype=data.dtype)
@@ -52,9 +56,11 @@ def perturb(data: Tensor, sigma: Tensor, *, D: int, generator: torch.Generator |
 
 def sample_prior(n: int, shape: tuple[int, ...], *, D: int, sigma_max: float = SIGMA_MAX,
                  generator: torch.Generator | None = None, device=None, dtype=torch.float32) -> Tensor:
-    """Starting points (n, *S): the kernel centred at the origin with r_max = sigma_max sqrt(D)."""
+    """Starting points (n, *S): the kernel centred at the origin with r_max = sigma_max sqrt(D); D = math.inf:
+    EDM's N(0, sigma_max^2 I)."""
     check_positive("sigma_max", sigma_max)
-    check_dims(D)
+    if check_dims(D, allow_inf=True) == math.inf:
+        return sigma_max * draw(torch.randn, (n, *shape), generator=generator, device=device, dtype=dtype)
     return kernel_offsets(n, tuple(shape), sigma_max * math.sqrt(D), D=D, generator=generator, device=device,
                           dtype=dtype)
 

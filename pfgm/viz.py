@@ -1,4 +1,4 @@
-"""Report pictures: image grids, the NFE-FID plot, and field lines of 2D toys (still and GIF).
+"""Report pictures: image grids, the NFE-FID plot, norm-z curves, and field lines of 2D toys (still and GIF).
 
 Figures are built with matplotlib's object API (`matplotlib.figure.Figure`) and written by the Agg
 renderer, so nothing here touches pyplot's global state or needs a display. Every function takes
@@ -10,11 +10,15 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from matplotlib.animation import PillowWriter
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from pfgm.diagnostics import NormCurve
 
 PathLike = str | os.PathLike
 #: Cap on the field lines drawn in the still picture: more only blurs it.
@@ -141,6 +145,51 @@ def save_nfe_vs_fid(curves: Mapping[str, Sequence[tuple[float, float, str]]], pa
     ax.legend(fontsize=7, loc="center right")
     if title:
         ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+#: Axis labels of the height variables of pfgm.diagnostics.NormCurve.
+HEIGHT_LABELS = {"z": "z (PFGM's augmented coordinate)", "sigma": "σ (noise level, r = σ √D)"}
+
+
+def save_norm_curves(panels: Mapping[str, Mapping[str, NormCurve]], path: PathLike, *, columns: int = 3,
+                     title: str | None = None) -> Path:
+    """The paper's norm-z / norm-σ figure: per panel (a model), each curve's mean ||x|| against the
+    height on log-log axes, shaded ±1 standard deviation.
+
+    Args:
+        panels: panel title -> curve label (e.g. "sampling", "training (perturbed)") -> NormCurve
+            (pfgm.diagnostics). Each panel's x axis is named by its curves' variable (z or σ).
+        columns: panels per row.
+    The shade's lower edge is clipped above zero (a log axis has no room for mean - std <= 0).
+    """
+    if not panels:
+        raise ValueError("no panels to draw")
+    rows = math.ceil(len(panels) / columns)
+    cols = min(columns, len(panels))
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows + (0.4 if title else 0)))
+    for index, (name, curves) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, cols, index + 1)
+        variables = set()
+        for label, curve in curves.items():
+            height, mean, std = (np.asarray(t.double()) for t in (curve.height, curve.mean, curve.std))
+            kept = (height > 0) & (mean > 0)
+            height, mean, std = height[kept], mean[kept], std[kept]
+            line, = ax.plot(height, mean, marker=".", markersize=3, linewidth=1.2, label=label)
+            floor = mean.min() * 1e-2 if mean.size else 1e-12
+            ax.fill_between(height, np.maximum(mean - std, floor), mean + std, color=line.get_color(), alpha=0.25,
+                            linewidth=0)
+            variables.add(curve.variable)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(" / ".join(HEIGHT_LABELS[v] for v in sorted(variables)), fontsize=8)
+        ax.set_ylabel("||x|| (data part)", fontsize=8)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return _save(fig, path)
 
 

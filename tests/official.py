@@ -18,3 +18,15 @@ def read_tsv(path: Path) -> tuple[list[tuple[str, tuple[int, ...], str, str]], d
             key, shape, dtype, _numel, kind = line.split("\t")
             rows.append((key, tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), dtype, kind))
     return rows, totals
+
+
+def read_edm_tsv(path: Path) -> tuple[list[tuple[str, tuple[int, ...], str]], int]:
+    """Rows (key, shape, dtype) of an edm/ `name<TAB>shape<TAB>dtype` listing, and its `total` line."""
+    rows, total = [], None
+    for line in path.read_text().splitlines():
+        fields = line.split("\t")
+        if fields[0] == "total":
+            total = int(fields[1])
+        elif line:
+            rows.append((fields[0], tuple(int(s) for s in fields[1].split(",") if s), fields[2]))
+    return rows, total

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from pfgm.networks.ddpmpp import DDPMpp
+from pfgm.networks.edm import EDMPrecond
 from pfgm.networks.mlp import FieldMLP
-from pfgm.training import (DivergenceError, PFGMLoss, TrainConfig, build_network, create_state,
+from pfgm.training import (DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, build_network, create_state,
                            latest_checkpoint, load_checkpoint, restore_state, save_checkpoint, train)
+from pfgm.training.augment import EDM_CIFAR10_KWARGS, AugmentPipe
 from pfgm.training import checkpoint as checkpoint_module
 
 
@@ -92,6 +94,46 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, images, 
     for a, b in zip(_tensors(whole), _tensors(resumed), strict=True):
         assert torch.equal(a, b)
     assert torch.equal(whole.generator.get_state(), resumed.generator.get_state())
+
+
+def _edm_with_dropout():
+    """A tiny EDMPrecond conditioning on EDM's 9 augmentation labels, with dropout (global RNG)."""
+    return EDMPrecond(img_resolution=4, img_channels=1, model_channels=8, channel_mult=[1, 2], num_blocks=1,
+                      attn_resolutions=[2], dropout=0.3, augment_dim=9, pfgmpp=True, D=8)
+
+
+# EDM's recipe: lr ramp-up and EMA half-life in images (a few steps' worth), augmentation at p = 0.5.
+EDM_CONFIG = TrainConfig(steps=6, batch_size=16, lr=1e-3, warmup=0, lr_rampup_kimg=0.04, grad_clip=None,
+                         ema_halflife_kimg=0.03, ema_rampup_ratio=0.5, checkpoint_every=3)
+EDM_LOSS = PFGMppLoss(D=8, augment=AugmentPipe(p=0.5, **EDM_CIFAR10_KWARGS))
+
+
+def test_edm_recipe_run_with_augmentation_resumes_bit_identically(tmp_path, images):
+    whole = _fresh_state(EDM_CONFIG, make_net=_edm_with_dropout)
+    history = train(whole, EDM_LOSS, images, EDM_CONFIG, progress=False)
+    assert history[0]["lr"] == 0.0 and 0 < history[1]["lr"] < history[-1]["lr"] == 1e-3  # ramp-up in images
+
+    first = _fresh_state(EDM_CONFIG, make_net=_edm_with_dropout)
+    train(first, EDM_LOSS, images, replace(EDM_CONFIG, steps=3), checkpoint_dir=tmp_path, progress=False)
+    torch.manual_seed(999)  # dropout draws from the global RNG: the checkpoint must restore it
+    payload = load_checkpoint(latest_checkpoint(tmp_path))
+    assert payload["network"]["class"] == "EDMPrecond"
+    resumed = restore_state(payload, EDM_CONFIG)
+    assert isinstance(resumed.net, EDMPrecond) and int(resumed.ema.num_updates) == 3
+    train(resumed, EDM_LOSS, images, EDM_CONFIG, checkpoint_dir=tmp_path, progress=False)
+    for a, b in zip(_tensors(whole), _tensors(resumed), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(whole.generator.get_state(), resumed.generator.get_state())
+
+
+def test_edmprecond_round_trips(tmp_path):
+    torch.manual_seed(0)
+    net = _edm_with_dropout().eval()
+    state = create_state(net, TrainConfig(steps=1), torch.Generator())
+    rebuilt = build_network(load_checkpoint(save_checkpoint(tmp_path / "e.pt", state))).eval()
+    assert isinstance(rebuilt, EDMPrecond) and rebuilt.config == net.config and rebuilt.D == 8
+    x, sigma, labels = torch.randn(2, 1, 4, 4), torch.tensor([0.3, 3.0]), torch.randn(2, 9)
+    assert torch.equal(rebuilt(x, sigma, augment_labels=labels), net(x, sigma, augment_labels=labels))
 
 
 def test_divergence_writes_no_checkpoint_and_keeps_the_previous_one(tmp_path, images):

@@ -16,7 +16,8 @@ import torch
 
 from flows.params import load_params
 from flows.train import network_kwargs
-from official import REFERENCE, read_tsv
+from official import EDM_REFERENCE, REFERENCE, read_edm_tsv, read_tsv
+from pfgm.networks.edm import EDMPrecond
 from pfgm.networks.ddpmpp import RELEASED_CONFIGS, DDPMpp, to_official_state_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,15 +55,31 @@ FID = dict(features="inception", num_samples=10_000, fid_reference="train", fid_
            quantize="truncate")
 
 # PFGM++ (section 7: D, Heun with 18 steps = NFE 35; the objective's P_mean/P_std are fixed in
-# pfgm.pfgmpp). Optimisation from EDM / Newbeeer/pfgmpp train.py: batch 512, lr 1e-3, 200 Mimg,
-# lr ramp-up 10 Mimg, EMA half-life 0.5 Mimg, no clipping, dropout 0.13, no x-flips.
-PFGMPP = {"cifar10-pfgmpp-d128.yaml": 128, "cifar10-pfgmpp-d2048.yaml": 2048}
-EDM_BATCH = 512
-EDM = dict(batch_size=EDM_BATCH, lr=1e-3, steps=200_000_000 // EDM_BATCH, warmup=10_000_000 // EDM_BATCH,
-           grad_clip=None, flip=False, betas=[0.9, 0.999], eps=1e-8)
-EDM_EMA_DECAY = 0.5 ** (EDM_BATCH / 500_000)
-EDM_NETWORK = dict(nf=128, ch_mult=[2, 2, 2], num_res_blocks=4, attn_resolutions=[16], dropout=0.13,
-                   embedding="positional")
+# pfgm.pfgmpp). Network and optimisation: the PFGM++ README's commands (cifar10_ncsnpp_D_128/2048:
+# --arch=ncsnpp --batch 512; ffhq_ddpm_D_128: --arch=ddpmpp --batch=256 --cres=1,2,2,2 --lr=2e-4
+# --dropout=0.05 --augment=0.15) over the defaults of Newbeeer/pfgmpp train.py / training_loop.py:
+# 200 Mimg, lr ramp-up 10 Mimg, EMA half-life 0.5 Mimg with ramp-up ratio 0.05, no clipping, no x-flips,
+# dropout 0.13 and augmentation 0.12 (CIFAR-10). Sampling: 18 steps (CIFAR-10), 40 (FFHQ 64: NFE 79).
+PFGMPP = {"cifar10-pfgmpp-d128.yaml": 128, "cifar10-pfgmpp-d2048.yaml": 2048, "ffhq64-pfgmpp-d128.yaml": 128}
+EDM_RECIPE = dict(warmup=0, lr_rampup_kimg=10_000, grad_clip=None, flip=False, betas=[0.9, 0.999], eps=1e-8,
+                  ema_halflife_kimg=500, ema_rampup_ratio=0.05)
+PFGMPP_DATA = {
+    "cifar10": dict(side=32, batch_size=512, lr=1e-3, augment=0.12, heun_steps=18),
+    "ffhq64": dict(side=64, batch_size=256, lr=2e-4, augment=0.15, heun_steps=40),
+}
+# train.py's `--arch` kwargs (the README of ../shared/reference/edm lists them for CIFAR-10).
+NCSNPP = dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual", decoder_type="standard",
+              channel_mult_noise=2, resample_filter=[1, 3, 3, 1], model_channels=128, channel_mult=[2, 2, 2],
+              num_blocks=4, attn_resolutions=[16], dropout=0.13, augment_dim=9, use_fp16=False)
+FFHQ_DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard",
+                   decoder_type="standard", channel_mult_noise=1, resample_filter=[1, 1], model_channels=128,
+                   channel_mult=[1, 2, 2, 2], num_blocks=4, attn_resolutions=[16], dropout=0.05, augment_dim=9,
+                   use_fp16=False)
+PFGMPP_NETWORK = {"cifar10": NCSNPP, "ffhq64": FFHQ_DDPMPP}
+# Parameter counts: the official listings (../shared/reference/edm/*_cifar10_state_dict.tsv), and for FFHQ 64
+# what NVlabs/edm's networks.py builds with these kwargs (61,805,571; checked when the config was written).
+# `songunet_parameters` below derives every one of them by hand.
+NCSNPP_CIFAR10_PARAMETERS, DDPMPP_CIFAR10_PARAMETERS, FFHQ_DDPMPP_PARAMETERS = 56_397_827, 55_733_891, 61_805_571
 
 
 def config_files() -> list[str]:
@@ -129,15 +146,99 @@ def test_ddpmpp_config_has_the_published_hyperparameters(name):
 def test_pfgmpp_config_has_its_D_and_edm_settings(name):
     params = load_params(CONFIGS / name)
     train, evaluate = params.train, params.evaluate
-    assert train.objective == "pfgmpp" and train.D == PFGMPP[name] and params.data.name == "cifar10"
-    for key, value in EDM.items():
+    expected = PFGMPP_DATA[params.data.name]
+    assert train.objective == "pfgmpp" and train.D == PFGMPP[name] and train.network == "EDMPrecond"
+    steps = 200_000_000 // expected["batch_size"]  # --duration 200 Mimg
+    for key, value in {**EDM_RECIPE, "steps": steps, "batch_size": expected["batch_size"], "lr": expected["lr"],
+                       "augment": expected["augment"]}.items():
         assert getattr(train, key) == value, key
-    assert train.ema_decay == pytest.approx(EDM_EMA_DECAY, abs=1e-5)
-    assert evaluate.steps == 18 and evaluate.features == "inception" and evaluate.num_samples == 50_000
-    kwargs = network_kwargs(train, manifest_for("cifar10", 32))  # also rejects a log embedding for pfgmpp
-    assert {key: kwargs[key] for key in EDM_NETWORK} == EDM_NETWORK
+    assert evaluate.steps == expected["heun_steps"] and evaluate.features == "inception"
+    assert evaluate.num_samples == 50_000 and evaluate.seeds == [0, 1, 2] and evaluate.fid_reference == "train"
+    assert evaluate.champion_metric == "fid_min" and evaluate.quantize == "round"
+    side = expected["side"]
+    kwargs = network_kwargs(train, manifest_for(params.data.name, side))
+    assert kwargs == {**PFGMPP_NETWORK[params.data.name], "img_resolution": side, "img_channels": 3,
+                      "pfgmpp": True, "D": PFGMPP[name], "label_dim": 0}
+
+
+def songunet_parameters(*, img_resolution: int, img_channels: int, model_channels: int, channel_mult: list[int],
+                        num_blocks: int, attn_resolutions: list[int], augment_dim: int, channel_mult_noise: int,
+                        encoder_type: str, channel_mult_emb: int = 4, **_) -> int:
+    """EDM's SongUNet (standard decoder, no class labels), counted by hand from its definition: a path to
+    the parameter count that shares no code with pfgm.networks.songunet.
+
+    UNetBlock(cin, cout): GroupNorm(cin), 3x3 conv, Linear(emb, cout) (no adaptive scale), GroupNorm(cout),
+    3x3 conv, a 1x1 skip conv when the width or the resolution changes, and with attention GroupNorm, a
+    1x1 qkv conv (3 cout) and a 1x1 projection. Every conv and linear has a bias except map_augment.
+    """
+    def conv(cin, cout, k):
+        return cin * cout * k * k + cout
+
+    emb = model_channels * channel_mult_emb
+
+    def block(cin, cout, attention=False, resample=False):
+        n = 2 * cin + conv(cin, cout, 3) + emb * cout + cout + 2 * cout + conv(cout, cout, 3)
+        n += conv(cin, cout, 1) if (cin != cout or resample) else 0
+        return n + (2 * cout + conv(cout, 3 * cout, 1) + conv(cout, cout, 1) if attention else 0)
+
+    noise = model_channels * channel_mult_noise
+    total = augment_dim * noise + noise * emb + emb + emb * emb + emb  # map_augment, map_layer0, map_layer1
+    skips, width, aux = [], model_channels, img_channels
+    for level, mult in enumerate(channel_mult):  # encoder
+        res = img_resolution >> level
+        if level == 0:
+            total += conv(img_channels, model_channels, 3)
+        else:
+            total += block(width, width, resample=True)
+            if encoder_type == "residual":  # NCSN++: a 3x3 conv of the downsampled image path
+                total, aux = total + conv(aux, width, 3), width
+        skips.append(width)
+        for _ in range(num_blocks):
+            total += block(width, model_channels * mult, attention=res in attn_resolutions)
+            width = model_channels * mult
+            skips.append(width)
+    for level in reversed(range(len(channel_mult))):  # decoder
+        res = img_resolution >> level
+        if level == len(channel_mult) - 1:
+            total += block(width, width, attention=True) + block(width, width)
+        else:
+            total += block(width, width, resample=True)
+        for idx in range(num_blocks + 1):
+            out = model_channels * channel_mult[level]
+            total += block(width + skips.pop(), out, attention=idx == num_blocks and res in attn_resolutions)
+            width = out
+    return total + 2 * width + conv(width, img_channels, 3)  # aux_norm, aux_conv at full resolution
+
+
+def test_hand_count_matches_the_official_cifar10_listings():
+    ncsnpp = dict(NCSNPP, img_resolution=32, img_channels=3)
+    ddpmpp = dict(FFHQ_DDPMPP, channel_mult=[2, 2, 2], img_resolution=32, img_channels=3)
+    assert songunet_parameters(**ncsnpp) == NCSNPP_CIFAR10_PARAMETERS
+    assert songunet_parameters(**ddpmpp) == DDPMPP_CIFAR10_PARAMETERS
+    for name, total in (("ncsnpp", NCSNPP_CIFAR10_PARAMETERS), ("ddpmpp", DDPMPP_CIFAR10_PARAMETERS)):
+        path = EDM_REFERENCE / f"{name}_cifar10_state_dict.tsv"
+        if path.is_file():
+            assert read_edm_tsv(path)[1] == total
+
+
+@pytest.mark.parametrize("name", sorted(PFGMPP))
+def test_pfgmpp_config_builds_the_published_network(name):
+    params = load_params(CONFIGS / name)
+    side = PFGMPP_DATA[params.data.name]["side"]
+    kwargs = network_kwargs(params.train, manifest_for(params.data.name, side))
     with torch.device("meta"):
-        DDPMpp(**kwargs)
+        net = EDMPrecond(**kwargs)
+    count = sum(p.numel() for p in net.parameters())
+    assert count == songunet_parameters(**kwargs)
+    if params.data.name == "ffhq64":
+        assert count == FFHQ_DDPMPP_PARAMETERS
+        return
+    path = EDM_REFERENCE / "ncsnpp_cifar10_state_dict.tsv"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (shared/reference/edm must be a sibling of the repo root)")
+    rows, total = read_edm_tsv(path)
+    ours = [(k, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in net.state_dict().items()]
+    assert ours == rows and count == total == NCSNPP_CIFAR10_PARAMETERS  # keys, order, shapes and count
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

@@ -203,7 +203,7 @@ def test_evaluate_pfgmpp_uses_heun_and_skips_bpd(prefect_test_env, tracking, dig
     model_path = make_checkpoint(tmp_path / "model.pt", objective="pfgmpp")
     params = small_params(tmp_path, steps=4, num_samples=64, batch_size=64, register_model=False)
     result = evaluate(params, data_dir=str(digits), model_path=str(model_path))
-    assert result["method"] == "heun" and result["nfe"] == 2 * 4 - 1 and result["nfe_untrained"] == 19
+    assert result["method"] == "edm_heun" and result["nfe"] == 2 * 4 - 1 and result["nfe_untrained"] == 19
     assert "bpd" not in result and math.isfinite(result["fid"]) and "model_version" not in result
 
 

@@ -5,7 +5,9 @@ nothing full-size is instantiated with weights.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,16 +18,20 @@ import yaml
 from flows.evaluate import check_inputs
 from flows.import_official import (
     CONFIGS,
+    PFGMPP_RELEASES,
     RELEASES,
     ImportOfficialError,
     import_official,
+    is_pfgmpp_snapshot,
     main,
     official_config,
     params_text,
     release_spec,
 )
-from flows.params import EvaluateParams, load_params
-from flows.pyfunc_model import load_trained
+from flows.params import EvaluateParams, SweepParams, load_params
+from flows.pyfunc_model import Sampler, generate, load_trained
+from flows.sweep import check_inputs as sweep_check
+from pfgm.networks.official_snapshot import read_official_snapshot
 from pfgm import data as pdata
 from pfgm.networks.ddpmpp import RELEASED_CONFIGS, kwargs_from_official
 from pfgm.perturb import prior_range
@@ -191,3 +197,100 @@ def test_an_existing_model_is_replaced_only_with_force(ref, tmp_path):
     assert (out / "model.pt").read_bytes() == first
     import_official(*args, M=TINY_M, force=True, prior="published")
     assert sorted(p.name for p in out.iterdir()) == ["model.pt"]  # no temporary files left behind
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Official PFGM++ snapshots (shared/reference/edm): detected by content, imported as EDMPrecond
+
+
+PFGMPP_SNAPSHOTS = {"ncsnpp": "ncsnpp_snapshot.pkl", "ddpmpp": "ddpmpp_snapshot.pt"}
+EDM_SHAPE = [3, 8, 8]  # the tiny fixtures: 3 channels, img_resolution 8
+
+
+@pytest.fixture(scope="module")
+def edm_ref() -> Path:
+    from official import EDM_REFERENCE
+
+    if not (EDM_REFERENCE / "ncsnpp_snapshot.pkl").is_file():
+        pytest.skip(f"{EDM_REFERENCE} not found (shared/ must be a sibling of the repo root)")
+    return EDM_REFERENCE
+
+
+@pytest.mark.parametrize("name", sorted(PFGMPP_SNAPSHOTS))
+def test_pfgmpp_snapshot_imports_and_reproduces_the_official_denoiser(edm_ref, name, tmp_path, capsys):
+    data = prepared_images(tmp_path / "prepared", EDM_SHAPE)
+    out = tmp_path / f"{name}-official"
+    # no --config: the file says what it is (the .pkl is a plain pickle, the .pt a torch zip)
+    result = main(["--checkpoint", str(edm_ref / PFGMPP_SNAPSHOTS[name]), "--out", str(out), "--data", str(data),
+                   "--params", str(CONFIGS / "cifar10-pfgmpp-d128.yaml")])
+    assert "python -m flows.evaluate --params" in capsys.readouterr().out
+    assert result["objective"] == "pfgmpp" and result["hyperparameters"] == {"D": 128}
+    model = load_trained(result["model"])
+    assert model.objective == "pfgmpp" and model.network_class == "EDMPrecond" and list(model.shape) == EDM_SHAPE
+    io = torch.load(edm_ref / f"{name}_io.pt", weights_only=True)
+    with torch.no_grad():
+        denoised = model.net(io["x"], io["sigma"], augment_labels=io["augment_labels"])
+    torch.testing.assert_close(denoised, io["D_x"], atol=1e-5, rtol=1e-5)
+    official = model.metadata["official"]
+    assert official["format"] == "pfgmpp-snapshot" and official["key"] == "ema" and official["images"] == 0
+    assert official["init_kwargs"]["D"] == 128 and len(official["sha256"]) == 64
+    # evaluate and sweep accept it, and it samples with EDM's Heun (NFE 2 steps - 1)
+    inception = tmp_path / "inception-2015-12-05.pt"
+    inception.touch()
+    evaluate = EvaluateParams(device="cpu", features="inception", inception_path=str(inception),
+                              register_model=False)
+    check_inputs(evaluate, str(data), result["model"])
+    sweep_check(SweepParams(device="cpu", features="inception", inception_path=str(inception)), str(data),
+                [result["model"]])
+    out = generate(model, 3, Sampler(steps=4), batch_size=3, generator=torch.Generator().manual_seed(0))
+    assert out.x.shape == (3, *EDM_SHAPE) and out.nfe == [7] and bool(torch.isfinite(out.x).all())
+    assert load_params(result["params"]).train.out == str(Path(result["model"]).parent)
+
+
+def test_pfgmpp_snapshot_detection_reads_the_content(edm_ref, ref, tmp_path):
+    renamed = tmp_path / "checkpoint_8.pth"  # a PFGM-like name does not make it a PFGM checkpoint
+    renamed.write_bytes((edm_ref / "ncsnpp_snapshot.pkl").read_bytes())
+    assert is_pfgmpp_snapshot(renamed) and is_pfgmpp_snapshot(edm_ref / "ddpmpp_snapshot.pt")
+    assert not is_pfgmpp_snapshot(ref / "tiny_ddpmpp_checkpoint.pth")
+    assert import_official(renamed, None, tmp_path / "out")["objective"] == "pfgmpp"
+
+
+def _edm_snapshot(monkeypatch):
+    """Make the reader see the fixture as trained with pfgmpp=False (EDM), as the D=inf releases are."""
+    import flows.import_official as module
+
+    def as_edm(path, *, key="ema"):
+        snapshot = read_official_snapshot(path, key=key)
+        return dataclasses.replace(snapshot, init_kwargs={**snapshot.init_kwargs, "pfgmpp": False})
+
+    monkeypatch.setattr(module, "read_official_snapshot", as_edm)
+
+
+PFGMPP_BAD = {
+    "EDM, not PFGM++": (dict(), "pfgmpp=False"),
+    "M": (dict(M=291), "--M"),
+    "PFGM config": (dict(config="cifar10_ddpmpp"), "PFGM configuration"),
+    "unknown release": (dict(config="cifar10_ncsnpp_D_64"), "cifar10_ncsnpp_D_128"),
+    "release of another shape": (dict(config="cifar10_ncsnpp_D_128"), "does not fit"),
+    "data of another shape": (dict(data="small"), "[3, 8, 8]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PFGMPP_BAD))
+def test_bad_pfgmpp_imports_fail_clearly_and_write_nothing(edm_ref, tmp_path, monkeypatch, case):
+    change, named = PFGMPP_BAD[case]
+    if case.startswith("EDM"):
+        _edm_snapshot(monkeypatch)
+    if change.get("data") == "small":
+        change = dict(data=prepared_images(tmp_path / "small", [3, 16, 16]))
+    args = {**dict(checkpoint=edm_ref / "ncsnpp_snapshot.pkl", config=None, out=tmp_path / "out"), **change}
+    with pytest.raises(ImportOfficialError, match=re.escape(named)):
+        import_official(**args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_pfgmpp_releases_have_their_paper_configuration():
+    for name, release in PFGMPP_RELEASES.items():
+        params = load_params(CONFIGS / release.params)
+        assert params.data.name == release.data and params.train.objective == "pfgmpp", name
+        assert params.train.D == release.D and params.train.network == "EDMPrecond", name

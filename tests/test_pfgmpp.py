@@ -121,3 +121,44 @@ def test_empirical_field_consistency_with_denoiser(generator):
     field = empirical_field(x, sigma * math.sqrt(D), charges, D=D)
     slope = (x - pfgmpp.optimal_denoiser(charges, D=D)(x, sigma)) / sigma[:, None]
     torch.testing.assert_close(slope, field[:, :2] / field[:, 2:] * math.sqrt(D))
+
+
+@pytest.mark.parametrize("snapshot", ["ncsnpp_snapshot.pkl", "ddpmpp_snapshot.pt"])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_heun_samples_the_official_fixture_networks(snapshot, steps, generator):
+    # generate.py's sampler on the official tiny networks (EDMPrecond as the denoiser, no adapter):
+    # prior of radius 80 sqrt(D), D-independent EDM grid, Heun with an Euler last step to sigma = 0.
+    from official import EDM_REFERENCE
+    from pfgm.networks.edm import from_official_snapshot
+
+    if not (EDM_REFERENCE / snapshot).is_file():
+        pytest.skip(f"{EDM_REFERENCE} not found (shared/ must be a sibling of the repo root)")
+    net = from_official_snapshot(EDM_REFERENCE / snapshot)
+    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    x = pfgmpp.sample_prior(4, shape, D=net.D, generator=generator)
+    calls = []
+    result = pfgmpp.heun(net, x, pfgmpp.sigma_grid(steps), callback=calls.append)
+    assert result.x.shape == (4, *shape) and result.x.dtype == torch.float32
+    assert bool(torch.isfinite(result.x).all()) and result.nfe == 2 * steps - 1
+    # The last step is Euler to sigma = 0, which lands exactly on the denoiser's output there.
+    torch.testing.assert_close(result.x, calls[-1]["denoised"], rtol=0, atol=1e-4)
+    assert [c["sigma_next"] for c in calls][-1] == 0.0 and calls[0]["sigma"] == pytest.approx(80.0)
+
+
+def test_the_diffusion_limit_d_inf_is_edm_gaussian_noise_and_the_large_d_kernels_tend_to_it():
+    """D = math.inf perturbs with sigma * N(0, I) and starts from N(0, sigma_max^2 I): the moments are the
+    Gaussian's, and a large finite D's kernel (r = sigma sqrt(D)) gives the same norms to within 1%."""
+    generator = torch.Generator().manual_seed(0)
+    n, shape, sigma = 4000, (3, 4, 4), 0.7
+    data = torch.zeros(n, *shape)
+    gaussian = pfgmpp.perturb(data, torch.full((n,), sigma), D=math.inf, generator=generator)
+    assert gaussian.std().item() == pytest.approx(sigma, rel=0.02)
+    assert gaussian.mean().abs().item() < 0.01
+    large_d = pfgmpp.perturb(data, torch.full((n,), sigma), D=10**6, generator=generator)
+    expected = sigma * math.sqrt(math.prod(shape))
+    for offsets in (gaussian, large_d):
+        assert offsets.flatten(1).norm(dim=1).mean().item() == pytest.approx(expected, rel=0.01)
+    prior = pfgmpp.sample_prior(n, shape, D=math.inf, sigma_max=80.0, generator=generator)
+    assert prior.std().item() == pytest.approx(80.0, rel=0.02)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        pfgmpp.perturb(data[:2], torch.ones(2), D=0.5)

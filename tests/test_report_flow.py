@@ -94,8 +94,8 @@ def test_report_on_digits(prefect_test_env, tracking, digits, tmp_path):
                     evaluate_path=str(write_json(tmp_path / "metrics" / "evaluate.json", EVALUATION)),
                     sweep_path=str(write_sweep(tmp_path / "metrics" / "sweep.csv")), sweep_num_samples=500)
 
-    pictures = {"nfe_vs_fid.png", "samples.png", "interpolation.png", "temperature.png"}
-    assert set(result["files"]) == {"table.csv", "table.md"} | pictures
+    pictures = {"nfe_vs_fid.png", "samples.png", "interpolation.png", "temperature.png", "norm_z.png"}
+    assert set(result["files"]) == {"table.csv", "table.md", "norm_z.csv"} | pictures
     assert all((out / name).stat().st_size > 0 for name in result["files"])
     assert all(Image.open(out / name).format == "PNG" for name in pictures)
     assert not (out / "flow.gif").exists() and (out / "notes.txt").exists()
@@ -128,6 +128,14 @@ def test_report_on_digits(prefect_test_env, tracking, digits, tmp_path):
     assert run.data.tags["stage"] == "report" and run.data.tags["table_data"] == "cifar10"
     assert run.data.metrics["sweep_best_fid"] == 18.0 and run.data.metrics["evaluate_bpd"] == 5.125
     assert run.data.metrics["nfe_interpolation"] > 0 and run.data.params["method"] == "euler"
+    # norm_z.csv: the sampling curve has one row per Euler evaluation (6 steps), heights from z_max down.
+    norms = _table(out / "norm_z.csv")
+    sampling = [r for r in norms if r["curve"] == "sampling"]
+    assert len(sampling) == params.steps and {r["variable"] for r in norms} == {"z"}
+    assert float(sampling[0]["height"]) > float(sampling[-1]["height"]) and int(sampling[0]["count"]) == 16
+    train_rows = min(2000, len(pdata.load_split(digits, "train")))  # report.NORM_TRAINING_ROWS at most
+    assert sum(int(r["count"]) for r in norms if r["curve"] == "training (perturbed)") == train_rows
+    assert run.data.metrics["norm_spread_training"] > 0 and run.data.metrics["norm_spread_sampling"] >= 0
     assert {a.path for a in MlflowClient().list_artifacts(run.info.run_id)} == set(result["files"])
     assert not list(tmp_path.glob(".reports.*")), "the staging folder is removed"
 
@@ -140,7 +148,8 @@ def test_report_on_2d_points_writes_the_animation(prefect_test_env, tracking, mo
     result = report(params, data_dir=str(moons), model_path=str(model),
                     evaluate_path=str(write_json(tmp_path / "evaluate.json", dict(nll=1.5, nfe=8.0, method="euler"))),
                     sweep_path=str(write_sweep(tmp_path / "sweep.csv", with_fid=False)))
-    assert set(result["files"]) == {"table.csv", "table.md", "samples.png", "flow.gif", "trajectories.png"}
+    assert set(result["files"]) == {"table.csv", "table.md", "samples.png", "flow.gif", "trajectories.png",
+                                    "norm_z.png", "norm_z.csv"}
     with Image.open(Path(params.out) / "flow.gif") as gif:
         assert gif.format == "GIF" and gif.n_frames == params.animation_frames
     rows = _table(Path(params.out) / "table.csv")
@@ -157,7 +166,8 @@ def test_published_rows_of_the_same_data_set_name_the_differences():
     rows = published_rows(load_published(), "cifar10", "cifar10", ours)
     first = rows[0]
     assert first.comparison == ("same data set, different protocol: 10000 samples vs our 1000; "
-                                "TF Inception vs our clean-fid Inception vs test split")
+                                "TF Inception vs our clean-fid Inception vs test split; "
+                                "reference statistics: training set")
     assert all("match" not in r.comparison for r in rows)
     assert "50000 samples" in rows[-1].comparison and rows[-1].protocol.startswith("FID: quoted in the PFGM++ README")
     assert rows[0].protocol.startswith("FID, IS: 10k samples, TF Inception")
@@ -179,8 +189,14 @@ def test_our_fid_protocol_and_the_statistic_each_published_row_compares_with():
     ours = TableRow(origin="this run: evaluate", data="cifar10", model="x", num_samples=50000,
                     features=features_text(ev))
     rows = {r.model: r for r in published_rows(load_published(), "cifar10", "cifar10", ours)}
-    assert rows["PFGM++ NCSN++ D=128"].comparison.endswith(
-        "published FID is the best of 3 seed sets: compare with our fid_min")
+    # The configs' protocol (50k samples per set, legacy_tensorflow, train split) is the published one.
+    assert rows["PFGM++ NCSN++ D=128"].comparison == (
+        "same data set, same protocol (50000 samples, TF Inception = our clean-fid Inception (legacy_tensorflow), "
+        "training set statistics): published FID is the best of 3 seed sets: compare with our fid_min")
+    clean = TableRow(origin="this run: evaluate", data="cifar10", model="x", num_samples=50000,
+                     features=features_text({**ev, "fid_mode": "clean"}))
+    assert published_rows(load_published(), "cifar10", "cifar10", clean)[2].comparison.startswith(
+        "same data set, different protocol: TF Inception vs our clean-fid Inception (clean) vs train split")
     assert "fid_min" not in rows["PFGM DDPM++"].comparison and "10000 samples vs our 50000" in rows[
         "PFGM DDPM++"].comparison
 
@@ -189,7 +205,8 @@ def test_solver_family_and_sweep_table_checks(tmp_path):
     from flows.report import read_sweep_table, solver_family
 
     assert solver_family("RK45 tol=1e-4", "dopri5") == ("RK45", "tol=1e-4")
-    assert solver_family("EDM Heun 18 steps", "heun") == ("EDM Heun", "18 steps")
+    assert solver_family("EDM Heun 18 steps", "edm_heun") == ("EDM Heun", "18 steps")
+    assert solver_family("DPM-Solver++(2M) [rho 5] 6 steps", "dpmpp_2m") == ("DPM-Solver++(2M) [rho 5]", "6 steps")
     assert solver_family("custom", "rk4") == ("rk4", "custom")
     rows = read_sweep_table(write_sweep(tmp_path / "sweep.csv"))
     assert rows[1]["fid"] == 18.0 and rows[0]["steps"] != rows[0]["steps"]  # NaN: adaptive, no steps
@@ -308,5 +325,8 @@ def test_pfgmpp_model_gets_the_table_and_samples_only(prefect_test_env, tracking
                     model_path=str(make_checkpoint(tmp_path / "model.pt", objective="pfgmpp")),
                     evaluate_path=str(write_json(tmp_path / "evaluate.json", EVALUATION)),
                     sweep_path=str(write_sweep(tmp_path / "sweep.csv")))
-    assert set(result["files"]) == {"table.csv", "table.md", "nfe_vs_fid.png", "samples.png"}
+    assert set(result["files"]) == {"table.csv", "table.md", "nfe_vs_fid.png", "samples.png", "norm_z.png",
+                                    "norm_z.csv"}
     assert result["table"][0]["model"] == "PFGM++ D=4 FieldMLP"
+    norms = _table(Path(result["out"]) / "norm_z.csv")
+    assert {r["variable"] for r in norms} == {"sigma"}  # PFGM++: the norm against sigma

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from official import read_edm_tsv
 from pfgm.networks.edm import EDMPrecond
 from pfgm.networks.songunet import Conv2d, PositionalEmbedding, SongUNet, weight_init
 
@@ -46,18 +47,6 @@ def perturbed(net: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
         for p in net.parameters():
             p += 0.05 * torch.randn(p.shape, generator=generator)
     return net
-
-
-def read_edm_tsv(path: Path) -> tuple[list[tuple[str, tuple[int, ...], str]], int]:
-    """Rows (key, shape, dtype) of a `name<TAB>shape<TAB>dtype` listing, and its `total` line."""
-    rows, total = [], None
-    for line in path.read_text().splitlines():
-        fields = line.split("\t")
-        if fields[0] == "total":
-            total = int(fields[1])
-        elif line:
-            rows.append((fields[0], tuple(int(s) for s in fields[1].split(",") if s), fields[2]))
-    return rows, total
 
 
 # ---------------------------------------------------------------------------------------------------------

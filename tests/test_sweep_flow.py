@@ -38,7 +38,8 @@ def small_params(tmp_path: Path, **overrides) -> SweepParams:
     values = dict(out=str(tmp_path / "metrics" / "sweep.json"), table=str(tmp_path / "metrics" / "sweep.csv"),
                   device="cpu", num_samples=32, batch_size=32, z_exp=5.0, workers=4,
                   solvers=[dict(method="dopri5", tolerances=[1e-1, 1e-2]), dict(method="euler", steps=[2, 4, 8]),
-                           dict(method="heun2", steps=[2, 3, 4])])
+                           dict(method="heun", steps=[2, 3, 4]),
+                           dict(method="dpmpp_2m", steps=[3], schedule="power", rho=5.0)])
     return SweepParams(**{**values, **overrides})
 
 
@@ -58,12 +59,15 @@ def test_four_workers_lose_no_run_and_no_metric(prefect_test_env, tracking, digi
     result = run_sweep(params, data_dir=str(digits), checkpoints=[str(trained)])
     table = result.table
 
-    assert list(table.columns[: len(COLUMNS)]) == COLUMNS and len(table) == 8
+    assert list(table.columns[: len(COLUMNS)]) == COLUMNS and len(table) == 9
     assert list(table["solver"]) == ["RK45 tol=1e-1", "RK45 tol=1e-2", "Euler 2 steps", "Euler 4 steps",
-                                     "Euler 8 steps", "Heun 2 steps", "Heun 3 steps", "Heun 4 steps"]
+                                     "Euler 8 steps", "Heun 2 steps", "Heun 3 steps", "Heun 4 steps",
+                                     "DPM-Solver++(2M) [rho 5] 3 steps"]
     fixed = table[table["method"] != "dopri5"]
-    assert list(fixed["nfe"]) == [2, 4, 8, 4, 6, 8]  # Euler: one evaluation a step; Heun: two
+    assert list(fixed["nfe"]) == [2, 4, 8, 3, 5, 7, 3]  # Euler, DPM-Solver++(2M): one a step; Heun: 2 steps - 1
     assert fixed["rtol"].isna().all() and table.loc[:1, "steps"].isna().all()
+    assert list(fixed["schedule"]) == ["ln_z"] * 6 + ["power"] and fixed["rho"].iloc[-1] == 5.0
+    assert table.loc[:1, "schedule"].isna().all()  # adaptive methods have no grid
     assert table["fid"].map(math.isfinite).all() and (table["nonfinite_samples"] == 0).all()
 
     parent = mlflow.get_run(result.run_id)
@@ -72,7 +76,7 @@ def test_four_workers_lose_no_run_and_no_metric(prefect_test_env, tracking, digi
     assert {a.path for a in MlflowClient().list_artifacts(result.run_id)} == {"sweep.csv", "sweep.md"}
 
     runs = children(result.run_id)
-    assert len(runs) == 8 and {r.info.run_id for r in runs} == set(table["run_id"])
+    assert len(runs) == 9 and {r.info.run_id for r in runs} == set(table["run_id"])
     for run in runs:
         row = table[table["run_id"] == run.info.run_id].iloc[0]
         assert run.info.status == "FINISHED" and run.data.tags["diverged"] == "false"
@@ -84,11 +88,11 @@ def test_four_workers_lose_no_run_and_no_metric(prefect_test_env, tracking, digi
 
     on_disk = pd.read_csv(params.table)
     assert list(on_disk.columns[: len(COLUMNS)]) == COLUMNS and list(on_disk["run_id"]) == list(table["run_id"])
-    assert list(on_disk.columns[len(COLUMNS):]) == ["objective", "nonfinite_samples", "kid"]
+    assert list(on_disk.columns[len(COLUMNS):]) == ["objective", "nonfinite_samples", "kid", "schedule", "rho"]
     assert table["kid"].map(math.isfinite).all()
     assert parent.data.params["fid_reference"] == "test" and parent.data.params["quantize"] == "round"
     summary = json.loads(Path(params.out).read_text())
-    assert summary == result.summary and summary["points"] == 8 and summary["run_id"] == result.run_id
+    assert summary == result.summary and summary["points"] == 9 and summary["run_id"] == result.run_id
     assert summary["fid_best"] == pytest.approx(table["fid"].min())
 
 
@@ -110,9 +114,9 @@ def test_pfgmpp_sweeps_edm_heun(prefect_test_env, tracking, digits, tmp_path):
     result = run_sweep(params, data_dir=str(digits), checkpoints=[str(model)], labels=["pfgmpp"])
     table = result.table
     assert list(table["solver"]) == ["EDM Heun 2 steps", "EDM Heun 4 steps"]
-    assert set(table["method"]) == {"heun"} and list(table["nfe"]) == [3, 7]  # 2 steps - 1
+    assert set(table["method"]) == {"edm_heun"} and list(table["nfe"]) == [3, 7]  # 2 steps - 1
     assert list(table["checkpoint"]) == ["pfgmpp", "pfgmpp"] and table["fid"].map(math.isfinite).all()
-    assert {r.data.params["method"] for r in children(result.run_id)} == {"heun"}
+    assert {r.data.params["method"] for r in children(result.run_id)} == {"edm_heun"}
 
 
 def test_points_get_no_fid(prefect_test_env, tracking, tmp_path):
@@ -172,7 +176,7 @@ def test_a_failing_point_fails_the_sweep_and_leaves_nothing_running(prefect_test
     new = [r for r in all_runs() if r.info.run_id not in before]
     status = {(r.info.run_name, r.info.status) for r in new}
     assert status == {("sweep", "FAILED"), ("Euler 2 steps", "FINISHED"), ("Euler 3 steps", "FINISHED"),
-                      ("Heun 2 steps", "FAILED")}
+                      ("Heun (ln z) 2 steps", "FAILED")}
     assert not Path(params.out).exists()
 
 

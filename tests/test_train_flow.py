@@ -7,6 +7,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -268,3 +269,72 @@ def test_prior_range_comes_from_M_unless_the_params_set_it():
     assert derived == dict(M=291, gamma=5.0, **prior_range(291, 48))
     released = run_hyperparameters(charges, _params(Path("unused"), M=291, z_max=40.0, upper_norm=3000.0))
     assert released == dict(M=291, gamma=5.0, z_max=40.0, upper_norm=3000.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# PFGM++ with EDM's network and recipe: EDMPrecond, augmentation, lr ramp-up and EMA half-life in images
+
+
+@pytest.fixture(scope="module")
+def tiny_images(tmp_path_factory) -> DataParams:
+    """A prepared folder of 48 random 1x8x8 images (the digits' shape)."""
+    out = tmp_path_factory.mktemp("data") / "images"
+    rng = np.random.default_rng(0)
+    arrays = {split: rng.integers(0, 256, size=(n, 1, 8, 8), dtype=np.uint8) for split, n in (("train", 40),
+                                                                                            ("test", 8))}
+    pdata.write_prepared(pdata.Prepared(name="folder", kind="image", arrays=arrays, source="test images", seed=0,
+                                        split=dict(kind="seeded", test_fraction=0.2)), out)
+    return DataParams(name="folder", out=str(out))
+
+
+EDM_KWARGS = dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.1,
+                  augment_dim=9)
+
+
+def _edm_params(out: Path, **changes) -> TrainParams:
+    base = dict(out=str(out), seed=0, device="cpu", network="EDMPrecond", network_kwargs=EDM_KWARGS,
+                objective="pfgmpp", D=16, steps=4, batch_size=8, lr=1e-3, warmup=0, lr_rampup_kimg=0.016,
+                grad_clip=None, ema_halflife_kimg=0.02, ema_rampup_ratio=0.05, augment=0.12,
+                checkpoint_every=2, sample_every=4)
+    return TrainParams(**{**base, **changes})
+
+
+def test_network_kwargs_fill_in_edmprecond_and_check_the_augmentation(tiny_images):
+    from flows.train import network_kwargs
+
+    manifest = pdata.read_manifest(tiny_images.out)
+    kwargs = network_kwargs(_edm_params(Path("unused")), manifest)
+    assert kwargs == {**EDM_KWARGS, "img_resolution": 8, "img_channels": 1, "pfgmpp": True, "D": 16,
+                      "label_dim": 0}
+    cases = {
+        r"train\.network: EDMPrecond is a denoiser": dict(objective="pfgm"),
+        r"train\.network_kwargs\.img_channels: filled in from the data": dict(
+            network_kwargs={**EDM_KWARGS, "img_channels": 3}),
+        r"train\.network_kwargs\.D: filled in from train\.D": dict(network_kwargs={**EDM_KWARGS, "D": 128}),
+        r"train\.network_kwargs\.nf: not an argument of EDMPrecond \(known: .*channel_mult": dict(
+            network_kwargs={**EDM_KWARGS, "nf": 8}),
+        r"train\.network_kwargs\.augment_dim: must be 9, got 0: train\.augment 0\.12 produces 9 labels": dict(
+            network_kwargs={**EDM_KWARGS, "augment_dim": 0}),
+        r"train\.network_kwargs\.augment_dim: must be 0, got 9: train\.augment is 0": dict(augment=0.0),
+        r"train\.augment: EDM's augmentation trains the pfgmpp objective with network EDMPrecond": dict(
+            network="FieldConvNet", network_kwargs=dict(channels=8, blocks=1)),
+    }
+    for message, changes in cases.items():
+        with pytest.raises(ParamsError, match=message):
+            network_kwargs(_edm_params(Path("unused"), **changes), manifest)
+
+
+def test_train_edmprecond_with_edm_recipe_and_sample_it(prefect_test_env, tmp_path, client, tiny_images):
+    from flows.pyfunc_model import Sampler, generate, load_trained
+    from flows.train import train
+
+    result = train(_edm_params(tmp_path / "model"), tiny_images, root=str(tmp_path))
+    assert client.get_run(result["run_id"]).info.status == "FINISHED" and result["steps"] == 4
+    lrs = [m.value for m in _history(client, result["run_id"], "lr")]
+    assert lrs == pytest.approx([0.0, 0.5e-3, 1e-3, 1e-3])  # 16 images of ramp-up at 8 per step
+    payload = load_checkpoint(tmp_path / "model" / "model.pt")
+    assert payload["network"]["class"] == "EDMPrecond" and int(payload["ema"]["num_updates"]) == 4
+    model = load_trained(tmp_path / "model" / "model.pt")
+    assert model.objective == "pfgmpp" and model.shape == (1, 8, 8) and model.net.augment_dim == 9
+    out = generate(model, 4, Sampler(steps=3), batch_size=4, generator=torch.Generator().manual_seed(0))
+    assert out.x.shape == (4, 1, 8, 8) and out.nfe == [5] and bool(torch.isfinite(out.x).all())

@@ -10,7 +10,7 @@ from pfgm.data.store import random_hflip
 from pfgm.networks.mlp import FieldMLP
 from pfgm.training import (DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, create_state,
                            tensor_batches, train, train_step)
-from pfgm.training.ema import EMA, DecaySchedule
+from pfgm.training.ema import EMA, DecaySchedule, HalfLifeSchedule
 from pfgm.training.loop import build_forward, learning_rate
 
 
@@ -35,6 +35,43 @@ def test_learning_rate_warms_up_linearly():
     config = TrainConfig(steps=10, lr=1e-3, warmup=4)
     assert [learning_rate(s, config) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
     assert learning_rate(0, TrainConfig(steps=1, lr=1e-3, warmup=0)) == 1e-3
+
+
+def test_edm_lr_rampup_counts_images_and_starts_at_zero():
+    # EDM: lr * min(cur_nimg / (1000 lr_rampup_kimg), 1), cur_nimg = images trained before the step.
+    config = TrainConfig(steps=10, batch_size=4, lr=1e-3, warmup=0, lr_rampup_kimg=0.012)  # 12 images = 3 steps
+    assert [learning_rate(s, config) for s in range(5)] == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3])
+    cifar = TrainConfig(steps=1, batch_size=512, lr=1e-3, warmup=0, lr_rampup_kimg=10_000)
+    assert learning_rate(19_531, cifar) < 1e-3 == learning_rate(19_532, cifar)  # 10 Mimg = 19,531.25 steps
+    with pytest.raises(ValueError, match="train.lr_rampup_kimg"):
+        TrainConfig(steps=1, warmup=5, lr_rampup_kimg=1.0)
+
+
+def test_edm_ema_copies_first_then_ramps_up_to_its_half_life():
+    # EDM: beta = 0.5 ** (B / max(min(halflife, ratio * cur_nimg), 1e-8)), cur_nimg = (n - 1) B at update n.
+    schedule = HalfLifeSchedule(halflife_kimg=0.01, batch_size=4, rampup_ratio=0.5)  # half-life 10 images
+    betas = [schedule(n) for n in range(1, 9)]
+    ramp = [0.5 ** (4 / h) for h in (2, 4, 6, 8)]  # half-life = 0.5 * images seen: 2, 4, 6, 8 < 10
+    assert betas == pytest.approx([0.0, *ramp, 0.5 ** 0.4, 0.5 ** 0.4, 0.5 ** 0.4], rel=1e-12)
+    # without the ramp-up: the half-life from the first update on; at it, half of the weight is old
+    plain = HalfLifeSchedule(halflife_kimg=0.01, batch_size=4, rampup_ratio=None)
+    assert plain(1) == pytest.approx(0.5 ** 0.4) and plain(1) ** (10 / 4) == pytest.approx(0.5)
+    # the published setting ends at 0.5 ** (512 / 500,000) per step, reached after 10 Mimg = 19,532 updates
+    cifar = TrainConfig(steps=1, batch_size=512, ema_halflife_kimg=500).ema_schedule()
+    assert cifar(19_533) == pytest.approx(0.5 ** (512 / 500_000)) and cifar(19_532) < cifar(19_533)
+    assert isinstance(TrainConfig(steps=1).ema_schedule(), DecaySchedule)
+
+
+def test_edm_ema_first_update_is_an_exact_copy():
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, HalfLifeSchedule(halflife_kimg=500, batch_size=512))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3.7).add_(0.1)
+    assert ema.update(net) == 0.0
+    for average, weights in zip(ema.module.parameters(), net.parameters()):
+        assert torch.equal(average, weights)
+    assert 0.0 < ema.update(net) < 1.0
 
 
 def test_config_names_the_bad_key():

@@ -54,3 +54,16 @@ def test_points_trajectories_and_animation(tmp_path, generator):
         assert image.format == "GIF" and image.n_frames == frames
     with pytest.raises(ValueError, match="states"):
         viz.save_trajectories(x[..., :1], z, data, tmp_path / "bad.png")
+
+
+def test_norm_curves(tmp_path):
+    from pfgm.diagnostics import binned_curve
+
+    heights = torch.logspace(-3, 1, 200, dtype=torch.float64)
+    tied = binned_curve(heights, heights * 8.0 + 0.5, variable="sigma", bins=20)
+    wide = binned_curve(heights, heights * torch.linspace(1, 50, 200, dtype=torch.float64), variable="z", bins=20)
+    panels = {"PFGM": {"sampling": wide, "training (perturbed)": wide},
+              "EDM": {"sampling": tied, "training (perturbed)": tied}}
+    _png(viz.save_norm_curves(panels, tmp_path / "norm_z.png", title="norm against height"))
+    with pytest.raises(ValueError, match="no panels"):
+        viz.save_norm_curves({}, tmp_path / "empty.png")

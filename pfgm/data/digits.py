@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from pfgm.data.store import Prepared, split_indices
+from pfgm.data.store import Prepared, split_indices, uint8_levels
+
+#: The source's intensities 0..16: 17 levels (bits/dim are measured at this quantisation).
+DIGITS_LEVELS = 17
 
 
 def load_digits_uint8() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 digits as uint8 images (1797, 1, 8, 8) in 0..255 and int64 labels (1797,).
 
-    The source values 0..16 are scaled by 255 / 16 and rounded.
+    The source values k = 0..16 are stored as rint(k * 255 / 16) (`uint8_levels(17)`).
     """
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    images = uint8_levels(DIGITS_LEVELS)[bunch.images.astype(np.int64)][:, None]
     return images, bunch.target.astype(np.int64)
 
 
@@ -30,4 +33,5 @@ def build_digits(seed: int, test_fraction: float) -> Prepared:
         source="sklearn.datasets.load_digits (the 1,797-image test set of the UCI ML hand-written digits)",
         seed=seed,
         split={"method": "random", "test_fraction": test_fraction, "seed": seed},
+        levels=DIGITS_LEVELS,
     )

@@ -1,4 +1,4 @@
-"""Image data sets read from raw files on disk: CIFAR-10, CelebA 64, LSUN bedroom 256, a folder.
+"""Image data sets read from raw files on disk: CIFAR-10, CelebA 64, LSUN bedroom 256, FFHQ 64, a folder.
 
 Only CIFAR-10 is ever downloaded, and only when asked (`download=True`): it is the one set with a
 stable, unauthenticated URL and a published checksum. CelebA and LSUN have neither, so when their
@@ -204,8 +204,9 @@ def _folder_dataset(
     max_images: int | None,
     hint: str,
 ) -> Prepared:
-    if not folder.is_dir():
-        raise MissingFilesError(f"{name}: image folder {folder} not found. {hint}")
+    problem = _missing_folder(name, folder, hint)
+    if problem is not None:
+        raise MissingFilesError(problem)
     paths = list_images(folder)
     if not paths:
         raise DataError(f"{name}: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
@@ -314,8 +315,7 @@ def build_celeba64(
     seeded random split of the first max_images files (sorted). The manifest's split says which.
     """
     root = Path(root)
-    if not (root / CELEBA_DIR).is_dir():
-        raise MissingFilesError(f"celeba64: image folder {root / CELEBA_DIR} not found. {_celeba_hint(root)}")
+    check_raw_files("celeba64", root)
     if (root / CELEBA_PARTITION).is_file():
         return _celeba_official(root, max_images)
     prepared = _folder_dataset(
@@ -371,14 +371,48 @@ def build_lsun_bedroom256(
     split) when reading LMDBs and it exists; otherwise a seeded share test_fraction of the images.
     """
     root = Path(root)
+    check_raw_files("lsun-bedroom256", root)
     if (root / LSUN_BEDROOM_LMDB / "data.mdb").is_file():
         return _lsun_from_lmdb(root, seed, test_fraction, max_images)
-    if not (root / LSUN_BEDROOM_DIR).is_dir():
-        raise MissingFilesError(
-            f"lsun-bedroom256: neither {root / LSUN_BEDROOM_LMDB}/data.mdb nor {root / LSUN_BEDROOM_DIR}/ "
-            f"exists. {_lsun_hint(root)}")
     return _folder_dataset("lsun-bedroom256", root / LSUN_BEDROOM_DIR, lsun_transform, 3,
                            seed, test_fraction, max_images, _lsun_hint(root))
+
+
+# --- FFHQ 64 -------------------------------------------------------------------------------------
+
+FFHQ64_DIR = "ffhq-64x64"
+FFHQ_URL = "https://github.com/NVlabs/ffhq-dataset"
+
+
+def _ffhq_hint(root: Path) -> str:
+    return (f"FFHQ is distributed through Google Drive after agreeing to its terms ({FFHQ_URL}), so "
+            f"data.download does not fetch it. Put the 64x64 images under {root / FFHQ64_DIR}/ (e.g. the "
+            f"unzipped ffhq-64x64.zip of EDM's `dataset_tool.py --resolution=64x64`, or any square FFHQ "
+            f"images, which are resized to 64 as that tool does).")
+
+
+def ffhq_transform(img: Image.Image, size: int = 64) -> Image.Image:
+    """EDM's dataset_tool `--resolution=64x64` on FFHQ's square images: unchanged at size x size, else
+    resized with Lanczos. FFHQ is aligned and square; a non-square image is an error, not cropped."""
+    if img.size == (size, size):
+        return img
+    if img.width != img.height:
+        raise DataError(f"ffhq64: images must be square (FFHQ's are), got {img.width} x {img.height}")
+    return img.resize((size, size), Image.LANCZOS)
+
+
+def build_ffhq64(
+    root: str | os.PathLike, seed: int, test_fraction: float, max_images: int | None = None
+) -> Prepared:
+    """FFHQ at 64 x 64 from the image files under <root>/ffhq-64x64/ (sorted by path; the first
+    max_images): uint8 (N, 3, 64, 64), seeded random split.
+
+    EDM and PFGM++ train on all 70,000 images and take FID statistics of all of them; a prepared folder
+    needs a test split, so a seeded share test_fraction is held out (keep it small).
+    """
+    root = Path(root)
+    return _folder_dataset("ffhq64", root / FFHQ64_DIR, ffhq_transform, 3, seed, test_fraction, max_images,
+                           _ffhq_hint(root))
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------
@@ -461,11 +495,9 @@ def build_cifar10(root: str | os.PathLike, download: bool = False, *, fetch: Fet
     """
     root = Path(root)
     folder = root / CIFAR10_DIR
-    missing = _cifar10_missing(folder)
-    if missing and (download or (root / CIFAR10_ARCHIVE).is_file()):
+    check_raw_files("cifar10", root, download=download)
+    if _cifar10_missing(folder):
         fetch_cifar10(root, fetch=fetch)
-    elif missing:
-        raise MissingFilesError(f"cifar10: missing {', '.join(missing)} in {folder}. {_cifar10_hint(root)}")
     arrays, labels = {}, {}
     for split, names in (("train", CIFAR10_TRAIN), ("test", CIFAR10_TEST)):
         parts = [_read_cifar_batch(folder / name) for name in names]
@@ -480,3 +512,41 @@ def build_cifar10(root: str | os.PathLike, download: bool = False, *, fetch: Fet
         seed=None,
         split={"method": "official", "train": list(CIFAR10_TRAIN), "test": list(CIFAR10_TEST)},
     )
+
+
+# --- before any run: are the raw files there? ---------------------------------------------------
+
+def _missing_cifar10(root: Path, download: bool) -> str | None:
+    missing = _cifar10_missing(root / CIFAR10_DIR)
+    if missing and not (download or (root / CIFAR10_ARCHIVE).is_file()):
+        return f"cifar10: missing {', '.join(missing)} in {root / CIFAR10_DIR}. {_cifar10_hint(root)}"
+    return None
+
+
+def _missing_folder(name: str, folder: Path, hint: str) -> str | None:
+    return None if folder.is_dir() else f"{name}: image folder {folder} not found. {hint}"
+
+
+def _missing_lsun(root: Path) -> str | None:
+    if (root / LSUN_BEDROOM_LMDB / "data.mdb").is_file() or (root / LSUN_BEDROOM_DIR).is_dir():
+        return None
+    return (f"lsun-bedroom256: neither {root / LSUN_BEDROOM_LMDB}/data.mdb nor {root / LSUN_BEDROOM_DIR}/ "
+            f"exists. {_lsun_hint(root)}")
+
+
+def check_raw_files(name: str, root: str | os.PathLike, *, download: bool = False) -> None:
+    """MissingFilesError, saying what to get and where to put it, when <root> lacks the raw files that
+    the builder of data set `name` reads (a cheap look, made before a pipeline run starts and by the
+    builders themselves). CIFAR-10 passes when its archive is there or `download` will fetch it; data
+    sets made without raw files (digits, the toys) always pass."""
+    root = Path(root)
+    checks = {
+        "cifar10": lambda: _missing_cifar10(root, download),
+        "celeba64": lambda: _missing_folder("celeba64", root / CELEBA_DIR, _celeba_hint(root)),
+        "lsun-bedroom256": lambda: _missing_lsun(root),
+        "ffhq64": lambda: _missing_folder("ffhq64", root / FFHQ64_DIR, _ffhq_hint(root)),
+        "folder": lambda: _missing_folder("folder", root, "Set data.root to a folder of image files."),
+    }
+    problem = checks[name]() if name in checks else None
+    if problem is not None:
+        raise MissingFilesError(problem)

@@ -5,7 +5,13 @@ A prepared data set is one folder:
     train.npy, test.npy            images uint8 (N, C, H, W) in 0..255, or points float32 (N, 2)
     train_labels.npy, ...          int64 (N,), only where the source has class labels
     features.pt, features.json     optional extra files (the digits feature extractor)
-    manifest.json                  name, kind, shapes, counts, ranges, sha256 of every file, ...
+    manifest.json                  name, kind, shapes, counts, ranges, levels, sha256 of every file, ...
+
+Images record their quantisation as `levels`, L: the uint8 values are L equally spaced intensities,
+level k stored as rint(k * 255 / (L - 1)) (`uint8_levels`): 256 for 8-bit data (the value is the
+level), 17 for the digits (0..16 stored as 0, 16, 32, ..., 255). Bits/dim are measured at this
+quantisation (pfgm.likelihood). Points have none. A folder prepared before levels were recorded
+reads as 256 levels (`levels_of`).
 
 The folder is written beside its final place and renamed into it, so a failed preparation never
 leaves a half-written folder behind. The loader checks every checksum it relies on.
@@ -30,6 +36,8 @@ import torch
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "test")
+#: Levels of 8-bit images, and of any image manifest written before levels were recorded.
+EIGHT_BIT_LEVELS = 256
 
 Kind = Literal["image", "points"]
 
@@ -53,6 +61,8 @@ class Prepared:
     `arrays` maps a split name to uint8 (N, C, H, W) images or float32 (N, 2) points; `labels`
     (optional) maps the same split names to int64 (N,) class labels. `extra_files` holds bytes
     written beside the arrays (checksummed like them); `info` is merged into the manifest.
+    `levels`: images only, the number of intensity levels the uint8 values encode (`uint8_levels`);
+    None means 8-bit (256).
     """
 
     name: str
@@ -64,6 +74,34 @@ class Prepared:
     labels: dict[str, np.ndarray] | None = None
     extra_files: dict[str, bytes] = dataclasses.field(default_factory=dict)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    levels: int | None = None
+
+    def resolved_levels(self) -> int | None:
+        """The levels written to the manifest: `levels`, 256 for images that give none, None for points."""
+        if self.kind == "image" and self.levels is None:
+            return EIGHT_BIT_LEVELS
+        return self.levels
+
+
+def uint8_levels(levels: int) -> np.ndarray:
+    """The uint8 value of each of `levels` equally spaced intensities: rint(k * 255 / (levels - 1)), (levels,).
+
+    256 levels are the identity; 17 (the digits' 0..16) gives 0, 16, 32, 48, 64, 80, 96, 112, 128, 143, ...
+    """
+    if isinstance(levels, bool) or not isinstance(levels, int) or not 2 <= levels <= 256:
+        raise DataError(f"levels must be an integer from 2 to 256 (uint8 images), got {levels!r}")
+    return np.rint(np.arange(levels) * (255.0 / (levels - 1))).astype(np.uint8)
+
+
+def levels_of(manifest: Mapping[str, Any]) -> int | None:
+    """The quantisation levels of a prepared data set: its manifest's `levels`; None for points.
+
+    Image manifests written before levels were recorded have no key and read as 8-bit (256): prepare
+    the data again to record other levels (the digits: 17).
+    """
+    if manifest.get("kind") != "image":
+        return None
+    return int(manifest.get("levels", EIGHT_BIT_LEVELS))
 
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -105,9 +143,28 @@ def validate(prepared: Prepared) -> None:
             labels = prepared.labels.get(split)
             if labels is None or labels.shape != (len(a),):
                 raise DataError(f"{where}: need {len(a)} labels, got {None if labels is None else labels.shape}")
+    _validate_levels(prepared)
     for fname in prepared.extra_files:
         if fname == MANIFEST or fname.endswith(".npy") or "/" in fname:
             raise DataError(f"{name}: extra file name {fname!r} is reserved or not a plain name")
+
+
+def _validate_levels(prepared: Prepared) -> None:
+    """Images: levels in 2..256 and every stored value one of its uint8 levels; points: no levels."""
+    if prepared.kind != "image":
+        if prepared.levels is not None:
+            raise DataError(f"{prepared.name}: levels describe uint8 images; points have none (got {prepared.levels})")
+        return
+    levels = prepared.resolved_levels()
+    if levels == EIGHT_BIT_LEVELS:
+        return  # every uint8 value is a level
+    allowed = np.zeros(256, dtype=bool)
+    allowed[uint8_levels(levels)] = True
+    for split, a in prepared.arrays.items():
+        off_grid = ~allowed[a]
+        if off_grid.any():
+            raise DataError(f"{prepared.name}/{split}: value {int(a[off_grid][0])} is not one of the {levels} "
+                            f"levels rint(k * 255 / {levels - 1}); pass the data's levels to Prepared")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -186,6 +243,7 @@ def write_prepared(prepared: Prepared, out: str | os.PathLike) -> dict[str, Any]
             "counts": {split: int(len(a)) for split, a in prepared.arrays.items()},
             "value_range": {split: _value_range(a, prepared.kind) for split, a in prepared.arrays.items()},
             "scaling": "x / 127.5 - 1" if prepared.kind == "image" else "none",
+            "levels": prepared.resolved_levels(),
             "labels": prepared.labels is not None,
             "source": prepared.source,
             "seed": prepared.seed,

@@ -4,17 +4,22 @@
     c_skip = sd^2 / (sigma^2 + sd^2),  c_out = sigma sd / sqrt(sigma^2 + sd^2),
     c_in = 1 / sqrt(sigma^2 + sd^2),   c_noise = ln(sigma) / 4,   sd = sigma_data = 0.5.
 
-Two ways to use it:
+PFGM++ trains and samples a *denoiser*: `denoiser(x (B, *S), sigma (B,), augment_labels=None) -> (B, *S)`
+(the contract of `pfgm.training.PFGMppLoss` and `pfgm.pfgmpp.heun`). Two kinds of network provide it:
 
-- `precondition(net, x, sigma)` around one of our PFGM field networks, which return (B, N + 1) (the data
-  part, then a z component). The first N components, reshaped to the data shape S, are EDM's raw output
-  F; the last one is unused (it receives no gradient). So one backbone and one checkpoint format serve
-  both objectives. The network is called with c_noise in place of z, which is negative for sigma < 1: use
-  an embedding of the raw scalar (DDPM++ "positional", FieldMLP "positional").
 - `EDMPrecond`, the official module (NVlabs/edm, and Newbeeer/pfgmpp's fork used for the published PFGM++
   results) around EDM's `SongUNet`: same constructor, state_dict (`model.` + SongUNet's) and forward, so
   official weights load strictly and give the official outputs. PFGM++ never enters the network: D only
-  changes the loss's perturbation and the sampler's prior.
+  changes the loss's perturbation and the sampler's prior. It is a denoiser as it is.
+- Our PFGM field networks (FieldMLP, FieldConvNet, DDPMpp), which return (B, N + 1) (the data part, then
+  a z component), through `precondition(net, x, sigma)` or the module `FieldDenoiser(net)` around it.
+  The first N components, reshaped to the data shape S, are EDM's raw output F; the last one is unused
+  (it receives no gradient). So one backbone and one checkpoint format serve both objectives. The
+  network is called with c_noise in place of z, which is negative for sigma < 1: use an embedding of
+  the raw scalar (DDPM++ "positional", FieldMLP "positional"). Field networks take no augmentation
+  labels.
+
+`as_denoiser(net)` gives either one the denoiser contract.
 """
 from __future__ import annotations
 
@@ -25,11 +30,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from pfgm.networks.official_snapshot import read_official_snapshot
+from pfgm.networks.official_snapshot import OfficialSnapshot, read_official_snapshot
 from pfgm.networks.songunet import SongUNet, _plain_config
 
 __all__ = [
-    "EDMPrecond", "MODEL_TYPES", "SIGMA_DATA", "edm_coefficients", "from_official_snapshot", "precondition",
+    "EDMPrecond", "FieldDenoiser", "MODEL_TYPES", "SIGMA_DATA", "as_denoiser", "edm_coefficients",
+    "from_official_snapshot", "precond_from_snapshot", "precond_kwargs", "precondition",
 ]
 
 Network = Callable[[Tensor, Tensor], Tensor]
@@ -59,6 +65,28 @@ def precondition(net: Network, x: Tensor, sigma: Tensor, *, sigma_data: float = 
                                     for c in edm_coefficients(sigma, sigma_data))
     raw = net(c_in * x, c_noise.flatten())[:, :-1].reshape(x.shape).to(x.dtype)
     return c_skip * x + c_out * raw
+
+
+class FieldDenoiser(nn.Module):
+    """A field network as a denoiser: forward(x (B, *S), sigma (B,) or scalar, class_labels=None,
+    augment_labels=None) = precondition(field, x, sigma) (B, *S).
+
+    A view for the loss and the samplers: it holds no weights of its own (its parameters are the field
+    network's, under `field.`), so checkpoints keep storing the bare field network.
+    """
+
+    augment_dim = 0  # a field network conditions on no augmentation labels
+
+    def __init__(self, field: nn.Module, *, sigma_data: float = SIGMA_DATA):
+        super().__init__()
+        self.field, self.sigma_data = field, sigma_data
+
+    def forward(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None,
+                augment_labels: Tensor | None = None) -> Tensor:
+        if class_labels is not None or augment_labels is not None:
+            raise ValueError(f"{type(self.field).__name__} is a field network: it takes no class or augmentation "
+                             "labels (train an EDMPrecond with label_dim / augment_dim for those)")
+        return precondition(self.field, x, sigma, sigma_data=self.sigma_data)
 
 
 class EDMPrecond(nn.Module):
@@ -111,14 +139,36 @@ class EDMPrecond(nn.Module):
             return torch.zeros([1, self.label_dim], device=device)
         return class_labels.to(torch.float32).reshape(-1, self.label_dim)
 
+    @property
+    def augment_dim(self) -> int:
+        """Length of the augmentation labels the backbone conditions on (0: none)."""
+        return int(self.model.config.get("augment_dim", 0))
+
     def round_sigma(self, sigma: Tensor | float) -> Tensor:
         """EDM's samplers call this to snap sigma to what the network supports: any value, here."""
         return torch.as_tensor(sigma)
 
 
+def _backbone_kwargs(model_class: type[nn.Module]) -> list[str]:
+    """The keyword arguments of a backbone that EDMPrecond passes on (those it sets itself excluded)."""
+    return [name for name in inspect.signature(model_class).parameters if name not in _SHARED_WITH_MODEL]
+
+
+def precond_kwargs(model_type: str = "SongUNet") -> list[str]:
+    """Every keyword argument EDMPrecond takes with backbone `model_type`: its own, then the backbone's."""
+    own = [name for name, p in inspect.signature(EDMPrecond).parameters.items() if p.kind != p.VAR_KEYWORD]
+    return own + _backbone_kwargs(MODEL_TYPES[model_type])
+
+
+def as_denoiser(net: nn.Module, *, sigma_data: float = SIGMA_DATA) -> nn.Module:
+    """`net` (a bare network) with the denoiser contract: an EDMPrecond or FieldDenoiser as it is, any
+    other network (a field network) wrapped in FieldDenoiser."""
+    return net if isinstance(net, (EDMPrecond, FieldDenoiser)) else FieldDenoiser(net, sigma_data=sigma_data)
+
+
 def _check_model_kwargs(model_class: type[nn.Module], model_kwargs: dict[str, Any]) -> None:
     """Refuse backbone kwargs the backbone does not take, or that EDMPrecond sets itself."""
-    known = [name for name in inspect.signature(model_class).parameters if name not in _SHARED_WITH_MODEL]
+    known = _backbone_kwargs(model_class)
     unknown = sorted(set(model_kwargs) - set(known))
     if unknown:
         raise TypeError(f"EDMPrecond: unknown keyword argument(s) {unknown} for model_type "
@@ -133,9 +183,14 @@ def from_official_snapshot(path: str | Path, *, key: str = "ema") -> EDMPrecond:
     Built from the constructor kwargs the file records, weights loaded strictly; the file's embedded
     source is never run (see `pfgm.networks.official_snapshot`).
     """
-    snapshot = read_official_snapshot(path, key=key)
+    return precond_from_snapshot(read_official_snapshot(path, key=key), source=str(path))
+
+
+def precond_from_snapshot(snapshot: OfficialSnapshot, *, source: str = "snapshot") -> EDMPrecond:
+    """The EDMPrecond of an already read snapshot (`read_official_snapshot`), weights loaded strictly,
+    in eval mode without gradients. ValueError naming `source` when it holds another class."""
     if snapshot.class_name != "EDMPrecond":
-        raise ValueError(f"{path}: {key!r} holds a {snapshot.class_name}, not an EDMPrecond")
+        raise ValueError(f"{source}: {snapshot.key!r} holds a {snapshot.class_name}, not an EDMPrecond")
     net = EDMPrecond(**snapshot.init_kwargs)
     net.load_state_dict(snapshot.state_dict, strict=True)
     return net.eval().requires_grad_(False)

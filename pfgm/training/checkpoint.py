@@ -25,11 +25,14 @@ from torch import nn
 
 from pfgm.networks.ddpmpp import DDPMpp
 from pfgm.networks.convnet import FieldConvNet
+from pfgm.networks.edm import EDMPrecond
 from pfgm.networks.mlp import FieldMLP
+from pfgm.networks.ncsnv2 import NCSNv2Small
 from pfgm.training.state import TrainConfig, TrainState, create_state
 
 FORMAT, VERSION = "pfgm-checkpoint", 1
-NETWORKS: dict[str, type[nn.Module]] = {"DDPMpp": DDPMpp, "FieldConvNet": FieldConvNet, "FieldMLP": FieldMLP}
+NETWORKS: dict[str, type[nn.Module]] = {"DDPMpp": DDPMpp, "EDMPrecond": EDMPrecond, "FieldConvNet": FieldConvNet,
+                                        "FieldMLP": FieldMLP, "NCSNv2Small": NCSNv2Small}
 _NAME = re.compile(r"checkpoint_(\d+)\.pt")
 
 
@@ -89,7 +92,8 @@ def load_checkpoint(path: str | Path) -> dict:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file (official PFGM checkpoints load through "
-                         "pfgm.networks.ddpmpp.from_official)")
+                         "pfgm.networks.ddpmpp.from_official, official PFGM++/EDM snapshots through "
+                         "pfgm.networks.edm.from_official_snapshot)")
     if payload.get("version") != VERSION:
         raise ValueError(f"{path} has checkpoint version {payload.get('version')!r}; this code reads {VERSION}")
     return payload

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pfgm.perturb import hyperparameters
 from pfgm.training.checkpoint import NETWORKS, latest_checkpoint, load_checkpoint, restore_state
 from pfgm.training.losses import PFGMLoss, PFGMppLoss
-from pfgm.training.loop import build_forward, train
+from pfgm.training.loop import build_forward, loss_network, train
 from pfgm.training.state import TrainConfig, TrainState, create_state
 
 
@@ -74,7 +74,7 @@ def train_ddp(state: TrainState, loss_fn, data, config: TrainConfig, info: DistI
     start from the same network and the same average.
     """
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    forward = build_forward(DistributedDataParallel(state.net, device_ids=device_ids),
+    forward = build_forward(DistributedDataParallel(loss_network(loss_fn, state.net), device_ids=device_ids),
                             amp=config.amp, compile=config.compile)
     for tensor in state.ema.state_dict().values():
         dist.broadcast(tensor, src=0)
@@ -95,8 +95,9 @@ def _arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-dir", default=None)
     parser.add_argument("--steps", type=int, required=True)
-    for field, kind in (("batch_size", int), ("lr", float), ("warmup", int),
-                        ("grad_clip", float), ("ema_decay", float), ("checkpoint_every", int)):
+    for field, kind in (("batch_size", int), ("lr", float), ("warmup", int), ("lr_rampup_kimg", float),
+                        ("grad_clip", float), ("ema_decay", float), ("ema_halflife_kimg", float),
+                        ("checkpoint_every", int)):
         parser.add_argument("--" + field.replace("_", "-"), type=kind, default=None)
     for flag in ("flip", "amp", "compile"):  # None when absent: TrainConfig's default stands
         parser.add_argument("--" + flag, action="store_true", default=None)

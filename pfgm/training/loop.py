@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pfgm._random import draw
@@ -34,7 +34,14 @@ class DivergenceError(RuntimeError):
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
-    """Learning rate of the step after `step` completed ones: linear warm-up to lr over `warmup` steps."""
+    """Learning rate of the step after `step` completed ones.
+
+    warmup (steps, PFGM/score_sde): linear to lr over `warmup` steps, lr (step + 1) / warmup.
+    lr_rampup_kimg (images, EDM/PFGM++): lr * images / (1000 lr_rampup_kimg), images = step * batch_size
+    trained before this step, so EDM's first step has lr 0 (Adam's moments still start from it).
+    """
+    if config.lr_rampup_kimg:
+        return config.lr * min(step * config.batch_size / (config.lr_rampup_kimg * 1000), 1.0)
     return config.lr * min((step + 1) / config.warmup, 1.0) if config.warmup else config.lr
 
 
@@ -56,14 +63,22 @@ class _BF16Autocast:
     def __init__(self, net):
         self.net = net
 
-    def __call__(self, x: Tensor, z: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
-            out = self.net(x, z)
+            out = self.net(x, *args, **kwargs)
         return out.float()
 
 
+def loss_network(loss_fn: Loss, net: nn.Module) -> nn.Module:
+    """`net` (bare) as the loss calls it: a loss adapts a network to its contract through `adapt(net)`
+    when it has one (PFGMppLoss: a field network as a denoiser); the module shares net's parameters."""
+    adapt = getattr(loss_fn, "adapt", None)
+    return adapt(net) if adapt is not None else net
+
+
 def build_forward(net, *, amp: bool = False, compile: bool = False):
-    """The callable the loss evaluates: `net` (bare or DDP-wrapped), optionally compiled and autocast."""
+    """The callable the loss evaluates: `net` (as `loss_network` gives it, bare or DDP-wrapped),
+    optionally compiled and autocast."""
     model = torch.compile(net) if compile else net
     return _BF16Autocast(model) if amp else model
 
@@ -116,15 +131,16 @@ def train(state: TrainState, loss_fn: Loss, data: Tensor | Iterable[Tensor], con
         loss_fn: `loss_fn(forward, batch, generator) -> scalar` (a `pfgm.training.losses` class).
         data: a tensor (N_data, *S), drawn from with `tensor_batches`, or an iterable of batches
             (the caller then owns its position when resuming).
-        forward: what the loss calls; default `build_forward(state.net, amp=..., compile=...)`
-            (pass a DDP-wrapped one for data parallel, see `pfgm.training.distributed`).
+        forward: what the loss calls; default `build_forward(loss_network(loss_fn, state.net), amp=...,
+            compile=...)` (pass a DDP-wrapped one for data parallel, see `pfgm.training.distributed`).
         checkpoint_dir: where checkpoints go every `config.checkpoint_every` steps (None: nowhere).
         on_step: called with each record {step, loss, grad_norm, lr, images_per_s};
         on_checkpoint: called with each checkpoint's path.
     Raises:
         DivergenceError: on a non-finite loss or gradient norm; no checkpoint is written for it.
     """
-    forward = forward if forward is not None else build_forward(state.net, amp=config.amp, compile=config.compile)
+    if forward is None:
+        forward = build_forward(loss_network(loss_fn, state.net), amp=config.amp, compile=config.compile)
     device = next(state.net.parameters()).device
     batches, history = _batches(data, config, state.generator), []
     with tqdm(total=config.steps, initial=state.step, disable=not progress, desc="train", unit="step") as bar:

@@ -1,7 +1,10 @@
 """Training objectives as small callable classes (the EDM `training/loss.py` pattern).
 
-Each loss is `loss(net, batch, generator) -> scalar`, where `net(x (B, *S), z (B,)) -> (B, N + 1)` and
-`batch` is (B, *S). All randomness comes from `generator`.
+Each loss is `loss(net, batch, generator) -> scalar`, `batch` (B, *S), all randomness from `generator`.
+What `net` is depends on the loss: for PFGMLoss a field network `net(x (B, *S), z (B,)) -> (B, N + 1)`,
+for PFGMppLoss a denoiser `net(x (B, *S), sigma (B,), augment_labels=...) -> (B, *S)`. A loss whose
+contract differs from the bare network's says how to adapt it with `adapt(net)`, which the training
+loop applies (`pfgm.training.loop.loss_network`) before any DDP, compile or autocast wrapper.
 
 Data parallel: with `rank` and `world_size`, every process draws the randomness for the whole
 (small) batch from an identically seeded generator, so every process perturbs every row identically,
@@ -14,12 +17,13 @@ from __future__ import annotations
 
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pfgm import perturb as pfgm_perturb
 from pfgm import pfgmpp
 from pfgm.field import normalized_field
-from pfgm.networks.edm import SIGMA_DATA, precondition
+from pfgm.networks.edm import SIGMA_DATA, as_denoiser
+from pfgm.training.augment import AugmentPipe
 
 Z_FLOOR = 1e-10  # the network and the field are evaluated at max(z, Z_FLOOR)
 REDUCTIONS = ("sum", "mean")
@@ -40,8 +44,8 @@ class PFGMLoss:
 
     Perturbs the first `small_batch` rows of the batch, computes the normalised empirical field at the
     perturbed points with *every* row of the batch as a charge, and returns the mean over the trained
-    rows of 0.5 * sum (reduce="sum"; "mean" averages over components instead, as LSUN) of squared errors
-    over all N + 1 components. small_batch=None trains every row.
+    rows of 0.5 * sum (reduce="sum") or the plain mean ("mean", no 1/2: the official LSUN setting) of the
+    squared errors over all N + 1 components. small_batch=None trains every row.
     """
 
     def __init__(self, *, M: int, sigma: float = 0.01, tau: float = 0.03, gamma: float = 5.0,
@@ -68,34 +72,54 @@ class PFGMLoss:
         with torch.no_grad():
             target = normalized_field(x, z, batch, gamma=self.gamma)
         error = (net(x, z).float() - target).square()
-        per_row = 0.5 * (error.sum(dim=1) if self.reduce == "sum" else error.mean(dim=1))
+        # score_sde/Poisson_flow reduce_op: 0.5 * sum over components, or torch.mean with no 1/2 (LSUN)
+        per_row = 0.5 * error.sum(dim=1) if self.reduce == "sum" else error.mean(dim=1)
         return per_row.mean()
 
 
 class PFGMppLoss:
     """PFGM++'s objective: EDM's denoising loss with the PFGM++ kernel (PFGM.md section 7).
 
-    sigma ~ exp(N(P_mean, P_std^2)), x = y + offset with r = sigma sqrt(D), denoiser D from `net`
-    through EDM preconditioning (`pfgm.networks.edm`), loss = mean over rows of
-    sum over components of lambda(sigma) (D(x, sigma) - y)^2, lambda = (sigma^2 + sd^2) / (sigma sd)^2.
+    y = the batch, or with `augment` EDM's augmentation of it (`pfgm.training.augment.AugmentPipe`:
+    images and the labels saying what was done); sigma ~ exp(N(P_mean, P_std^2)); x = y + offset with
+    r = sigma sqrt(D); loss = mean over rows of sum over components of
+    lambda(sigma) (D(x, sigma, augment_labels) - y)^2, lambda = (sigma^2 + sd^2) / (sigma sd)^2.
+
+    `net` is a denoiser (the `adapt`ed network): an EDMPrecond, or a field network in FieldDenoiser
+    (`pfgm.networks.edm`). Random draws, in order: the augmentation, sigma, the offsets.
     """
 
     def __init__(self, *, D: int, P_mean: float = pfgmpp.P_MEAN, P_std: float = pfgmpp.P_STD,
-                 sigma_data: float = SIGMA_DATA, rank: int = 0, world_size: int = 1):
+                 sigma_data: float = SIGMA_DATA, augment: AugmentPipe | None = None, rank: int = 0,
+                 world_size: int = 1):
         shard_rows(world_size, rank, world_size)
         self.D, self.P_mean, self.P_std, self.sigma_data = D, P_mean, P_std, sigma_data
-        self.rank, self.world_size = rank, world_size
+        self.augment, self.rank, self.world_size = augment, rank, world_size
 
     def trained_rows(self, batch_rows: int) -> int:
         return batch_rows
 
+    def adapt(self, net: nn.Module) -> nn.Module:
+        """The denoiser of the bare network `net` (`pfgm.networks.edm.as_denoiser`); ValueError when it
+        does not condition on exactly the labels `augment` produces (they would be dropped or misread)."""
+        denoiser = as_denoiser(net, sigma_data=self.sigma_data)
+        if self.augment is not None and denoiser.augment_dim != self.augment.augment_dim:
+            raise ValueError(
+                f"the augmentation produces {self.augment.augment_dim} labels per image "
+                f"({', '.join(self.augment.label_names)}), but the {type(net).__name__} conditions on "
+                f"{denoiser.augment_dim} (augment_dim): build an EDMPrecond with augment_dim="
+                f"{self.augment.augment_dim}")
+        return denoiser
+
     def __call__(self, net, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        batch, labels = self.augment(batch, generator) if self.augment is not None else (batch, None)
         sigma = pfgmpp.sample_sigma(batch.shape[0], P_mean=self.P_mean, P_std=self.P_std, generator=generator,
                                     device=batch.device, dtype=batch.dtype)
         x = pfgmpp.perturb(batch, sigma, D=self.D, generator=generator)
         rows = shard_rows(batch.shape[0], self.rank, self.world_size)
         y, x, sigma = batch[rows], x[rows], sigma[rows]
+        labels = labels[rows] if labels is not None else None
         weight = (sigma.square() + self.sigma_data ** 2) / (sigma * self.sigma_data).square()
-        denoised = precondition(net, x, sigma, sigma_data=self.sigma_data)
+        denoised = net(x, sigma, augment_labels=labels)
         per_row = weight * (denoised.float() - y).square().flatten(1).sum(dim=1)
         return per_row.mean()
