@@ -14,9 +14,14 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
 .PHONY: setup params main test bench clean stack-up stack-down stack-status stack-deploy stack-env
 
+# The pipeline's dependencies; the test tools (the `dev` extra) only for `make test`.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -28,18 +33,19 @@ setup: $(BIN)/.installed
 PARAMS ?= params.yaml
 
 params: setup
+	$(BIN)/python -m flows.cli $(PARAMS)
 ifneq ($(abspath $(PARAMS)),$(abspath params.yaml))
-	$(BIN)/python -c 'import sys; from flows.params import load_params; load_params(sys.argv[1])' $(PARAMS)
 	cp $(PARAMS) params.yaml
 	@echo "params.yaml is now a copy of $(PARAMS) (git checkout params.yaml restores the default)"
 endif
 
-# DVC runs each stage's `python -m flows.<stage>` with the virtualenv first on PATH.
+# DVC runs each stage's `python -m flows.<stage>` with the virtualenv first on PATH, all stages against
+# one Prefect server (scripts/with_prefect_server.py; none is started when PREFECT_API_URL is set).
 main: params
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/with_prefect_server.py -- $(BIN)/dvc repro
 	$(BIN)/dvc metrics show
 
-test: setup
+test: $(BIN)/.installed-dev
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -9,6 +9,11 @@ with status 2; any other failure prints `error: <type>: <message>` and exits wit
 the flows mark their MLflow runs FAILED themselves). `--debug` (anywhere in the arguments) or the
 environment variable PFGM_DEBUG=1 lets the traceback through instead. DVC, MLflow and Prefect print
 their own `ERROR: ...` lines the same way.
+
+    python -m flows.cli params.yaml
+
+checks a params file before a pipeline starts any server (`make main` does): every section valid,
+and the raw files its data set needs in place (or to be downloaded).
 """
 from __future__ import annotations
 
@@ -17,10 +22,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from flows.params import ParamsError
+from flows.params import ParamsError, load_params
+from pfgm.data import MissingFilesError, check_raw_files
 from pfgm.data.store import DataError
 
-BAD_INPUT = (ParamsError, DataError, FileNotFoundError)
+BAD_INPUT = (ParamsError, DataError, MissingFilesError, FileNotFoundError)
 BAD_INPUT_STATUS, FAILED_STATUS = 2, 1
 
 
@@ -47,3 +53,14 @@ def command_line(main: Callable[[list[str] | None], Any], argv: list[str] | None
         print(f"error: {type(error).__name__}: {_one_line(error)} (run again with --debug for the traceback)",
               file=sys.stderr)
         sys.exit(FAILED_STATUS)
+
+
+def check_params(argv: list[str] | None = None) -> None:
+    """Validate the params file argv[0] (default params.yaml) and the presence of its data's raw files."""
+    path = (argv or ["params.yaml"])[0]
+    params = load_params(path)
+    check_raw_files(params.data.name, params.data.root, download=params.data.download)
+
+
+if __name__ == "__main__":
+    command_line(check_params)

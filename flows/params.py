@@ -329,9 +329,9 @@ class SweepParams(Section):
     checkpoints: list[str] = []
     """model.pt files to sweep; empty: <train.out>/model.pt."""
     solvers: list[SolverGrid] = Field(default_factory=lambda: [
-        SolverGrid(method="dopri5", tolerances=[1e-2, 1e-3, 1e-4]),
-        SolverGrid(method="euler", steps=[10, 20, 40]),
-        SolverGrid(method="heun", steps=[5, 10, 20]),
+        SolverGrid(method="dopri5", tolerances=[1e-3, 1e-4]),
+        SolverGrid(method="euler", steps=[10, 20]),
+        SolverGrid(method="heun", steps=[5, 10]),
         SolverGrid(method="dpmpp_2m", steps=[4, 5, 6, 8, 10], schedule="power", rho=5.0),
     ], min_length=1)
     """PFGM models: each solver with each of its tolerances or step counts."""
