@@ -228,16 +228,14 @@ class EvaluateParams(GridSchedule):
     error and the per-pixel histogram baseline bpd_baseline (0: skip; 1 has no standard error)."""
     bpd_method: str = "rk4"
     """Solver of the likelihood ODE (a pfgm.ode.METHODS name but dpmpp_2m); a fixed-step one always
-    terminates, whatever the field. docs/LIKELIHOOD.md compares the settings on the digits model."""
+    terminates, whatever the field (docs/LIKELIHOOD.md)."""
     bpd_steps: int | None = Field(50, ge=1)
     """Steps of a fixed-step bpd_method on a grid uniform in ln z (torchdiffeq's methods step in ln z,
     euler and heun in z)."""
     bpd_z_min: float | None = Field(None, gt=0)
     """Height of the plane whose density bits/dim measure (the flow's marginal there); null: z_min.
-    Near the plane the network has only seen points close to training images, and a test image, 1.6-2
-    away from its nearest training digit, lies outside that: on the default digits model the
-    likelihood ODE from z = 1e-3 blows up (thousands of bits/dim that RK4 at 50 and 200 steps do not
-    agree on) while from 0.01 every solver agrees to 0.001. docs/LIKELIHOOD.md."""
+    Near the plane the network has only seen points close to training images, and the likelihood ODE
+    of a test image far from them can blow up there (docs/LIKELIHOOD.md)."""
     bpd_z_exp: float | None = Field(None, gt=0)
     """z_exp of the likelihood ODE; null: the network's own v_z throughout. The substitution suits
     sampling, but its v_z = f(||v_x||) has a Jacobian that grows like 1/(1 - a)^2 as a = ||v_x||/sqrt(N)

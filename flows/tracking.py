@@ -78,7 +78,7 @@ def log_dataset(data_dir: str | os.PathLike, manifest: dict[str, Any], context: 
 
 def train_run_name(data_name: str, network: str, objective: str, hyperparameters: dict[str, Any], *, steps: int,
                    lr: float, batch_size: int) -> str:
-    """"train digits FieldConvNet pfgm 2500 steps lr 0.0002 bs 128" (pfgmpp adds its D)."""
+    """"train digits FieldConvNet pfgm 3500 steps lr 0.0002 bs 128" (pfgmpp adds its D)."""
     if objective == "pfgmpp" and hyperparameters.get("D") is not None:
         objective = f"pfgmpp D={hyperparameters['D']:g}"
     return f"train {data_name} {network} {objective} {steps} steps lr {lr:g} bs {batch_size}"
