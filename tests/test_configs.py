@@ -252,7 +252,7 @@ def test_make_main_copies_the_chosen_config_before_dvc_repro(params):
         assert copies == []  # the default `make main` runs params.yaml as it is
     else:
         assert lines[copies[0]] == f"cp {params} params.yaml" and copies[0] < repro
-        assert any("load_params" in line for line in lines[: copies[0]])  # validated before the copy
+        assert any("-m flows.cli" in line for line in lines[: copies[0]])  # validated before the copy
 
 
 @pytest.mark.parametrize("name", sorted(DDPMPP))

@@ -422,5 +422,14 @@ def test_database_restart_is_survived(on_stack):
             return None
 
     assert wait_for(prefect_reads, 60, "the Prefect server to read its database again")["name"] == "nightly"
-    status = json.loads(stack.cli("status").stdout)
-    assert all(service["alive"] and service["answering"] for service in status.values()), status
+    def not_answering() -> list[str]:
+        status = json.loads(stack.cli("status").stdout)
+        return [name for name, service in status.items() if not (service["alive"] and service["answering"])]
+
+    # Services reconnect on their own schedule (the Prefect worker's heartbeat, the Dask nanny's restart of
+    # a worker an earlier test killed): all must be back within a minute, none may have died.
+    lagging = []
+    deadline = time.monotonic() + 60
+    while (lagging := not_answering()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert lagging == [], f"not alive and answering after the database restart: {lagging}"
