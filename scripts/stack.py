@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pwd
 import secrets
@@ -450,6 +451,9 @@ def dask_workers_ready(ctx: Context) -> bool:
         return False
     from distributed import Client
 
+    # A connection attempt that times out while the scheduler starts leaves an unretrieved future, which
+    # asyncio would report on stderr as an error; the attempt is simply repeated.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         with Client(ctx.dask_address, timeout=5) as client:
             return len(client.scheduler_info(n_workers=-1)["workers"]) >= ctx.dask_workers
