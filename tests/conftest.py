@@ -70,6 +70,40 @@ def tracking(store, tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The real digits prepared once per session (with the FID classifier), under pytest's tmp; read only.
+
+    Modules that want the digits without the classifier (plain_digits) define a `digits` of their own.
+    """
+    from pfgm import data as pdata
+
+    prepared = pdata.add_digits_features(pdata.build_digits(seed=0, test_fraction=0.167), seed=0)
+    out = tmp_path_factory.mktemp("digits") / "prepared"
+    pdata.write_prepared(prepared, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def plain_digits(tmp_path_factory):
+    """The real digits prepared once per session without the FID classifier; read only."""
+    from pfgm import data as pdata
+
+    out = tmp_path_factory.mktemp("plain_digits") / "prepared"
+    pdata.write_prepared(pdata.build_digits(seed=0, test_fraction=0.167), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits):
+    """A FieldMLP trained 20 steps on the digits (PFGM), one per test module; read only."""
+    from helpers import make_checkpoint
+    from pfgm import data as pdata
+
+    data = pdata.load_split(digits, "train")
+    return make_checkpoint(tmp_path_factory.mktemp("trained") / "model.pt", data=data, steps=20)
+
+
+@pytest.fixture(scope="session")
 def ref():
     """The official DDPM++ reference folder; tests that need it skip when shared/ is not beside the repo."""
     from official import REFERENCE

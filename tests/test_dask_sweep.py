@@ -16,19 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.params import SweepParams
-from pfgm import data as pdata
-from test_evaluate_flow import digits_dir, make_checkpoint
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return digits_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, digits) -> Path:
-    data = pdata.load_split(digits, "train")
-    return make_checkpoint(tmp_path_factory.mktemp("dask_models") / "model.pt", data=data, steps=20)
+from helpers import make_checkpoint
 
 
 def small_params(tmp_path: Path, **overrides) -> SweepParams:

@@ -8,59 +8,11 @@ import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pfgm.networks.mlp import FieldMLP
-from pfgm.training import (PFGMLoss, PFGMppLoss, TrainConfig, create_state, latest_checkpoint, load_checkpoint,
-                           train)
-from pfgm.training.distributed import init_from_env, init_process_group, train_ddp
-
-CONFIG = TrainConfig(steps=4, batch_size=32, lr=1e-3, warmup=2, ema_decay=0.5)
-SMALL_BATCH = 8
-
-
-def _data() -> torch.Tensor:
-    return torch.rand(128, 1, 2, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
-
-
-def _loss(objective: str, rank: int, world_size: int):
-    if objective == "pfgm":
-        return PFGMLoss(M=40, small_batch=SMALL_BATCH, rank=rank, world_size=world_size)
-    return PFGMppLoss(D=8, rank=rank, world_size=world_size)
-
-
-def _state():
-    torch.manual_seed(0)
-    net = FieldMLP(data_shape=(1, 2, 2), hidden=32, depth=2, embed_dim=8)
-    return create_state(net, CONFIG, torch.Generator().manual_seed(7))  # same seed on every process
-
-
-def _flat(state) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in state.net.parameters()]
-                     + [p.detach().flatten() for p in state.ema.module.parameters()])
-
-
-OBJECTIVES = ("pfgm", "pfgmpp")
-
-
-def _worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    info = init_process_group(rank, world_size, init_method=f"file://{init_file}", backend="gloo")
-    try:
-        for objective in OBJECTIVES:  # one process group for both runs: spawning is the slow part
-            state = _state()
-            if rank == 1:  # a different start on one process: DDP must broadcast rank 0's weights
-                with torch.no_grad():
-                    for p in state.net.parameters():
-                        p.add_(1.0)
-                state.ema.module.load_state_dict(state.net.state_dict())
-            history = train_ddp(state, _loss(objective, rank, world_size), _data(), CONFIG, info,
-                                checkpoint_dir=out_dir, progress=False)
-            torch.save(dict(params=_flat(state), losses=[r["loss"] for r in history]),
-                       f"{out_dir}/{objective}-rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+from helpers import DDP_CONFIG, DDP_OBJECTIVES, ddp_data, ddp_loss, ddp_state, ddp_worker, flat_state
+from pfgm.training import latest_checkpoint, load_checkpoint, train
+from pfgm.training.distributed import init_from_env
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +22,14 @@ def ddp_results(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        mp.spawn(_worker, args=(2, str(out / "init"), str(out)), nprocs=2, join=True)
+        mp.spawn(ddp_worker, args=(2, str(out / "init"), str(out), "gloo"), nprocs=2, join=True)
     finally:
         torch.set_num_threads(threads)
     assert not list(out.glob("checkpoint_*"))  # checkpoint_every is None
-    return {o: [torch.load(out / f"{o}-rank{r}.pt", weights_only=True) for r in range(2)] for o in OBJECTIVES}
+    return {o: [torch.load(out / f"{o}-rank{r}.pt", weights_only=True) for r in range(2)] for o in DDP_OBJECTIVES}
 
 
-@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("objective", DDP_OBJECTIVES)
 def test_two_processes_match_one(objective, ddp_results):
     ranks = ddp_results[objective]
     assert torch.equal(ranks[0]["params"], ranks[1]["params"])  # the processes stay in sync
@@ -85,11 +37,11 @@ def test_two_processes_match_one(objective, ddp_results):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = _state()
-        history = train(single, _loss(objective, 0, 1), _data(), CONFIG, progress=False)
+        single = ddp_state()
+        history = train(single, ddp_loss(objective, 0, 1), ddp_data(), DDP_CONFIG, progress=False)
     finally:
         torch.set_num_threads(threads)
-    torch.testing.assert_close(ranks[0]["params"], _flat(single), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ranks[0]["params"], flat_state(single), atol=1e-6, rtol=0)
     # Each process reports the loss of its own half; their mean is the whole batch's loss.
     mean_loss = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"])]
     assert mean_loss == pytest.approx([r["loss"] for r in history], rel=1e-5)
@@ -104,7 +56,7 @@ def test_init_from_env_requires_torchrun_variables(monkeypatch):
 
 @pytest.mark.slow
 def test_torchrun_entry_point_trains_and_resumes(tmp_path):
-    torch.save(_data(), tmp_path / "data.pt")
+    torch.save(ddp_data(), tmp_path / "data.pt")
     checkpoints = tmp_path / "ckpt"
 
     def run(steps: int) -> None:

@@ -1,10 +1,6 @@
-"""flows.evaluate: sample a tiny checkpoint on real digits, score it, log it, register it.
-
-The helpers `digits_dir` and `make_checkpoint` are shared with test_registry.py.
-"""
+"""flows.evaluate: sample a tiny checkpoint on real digits, score it, log it, register it."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,82 +12,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from flows.params import EvaluateParams, ParamsError
+from helpers import SHAPE, count_extractions, make_checkpoint, save_fake_inception
 from pfgm import data as pdata
-from pfgm.networks.mlp import FieldMLP
-from pfgm.perturb import hyperparameters
-from pfgm.training import PFGMLoss, PFGMppLoss, TrainConfig, create_state, save_checkpoint, train
-
-SHAPE = (1, 8, 8)
-_DIGITS: dict[str, Path] = {}
-
-
-def digits_dir(tmp_path_factory) -> Path:
-    """The real digits prepared once per session (with the FID classifier), under pytest's tmp."""
-    if "dir" not in _DIGITS:
-        prepared = pdata.add_digits_features(pdata.build_digits(seed=0, test_fraction=0.167), seed=0)
-        out = tmp_path_factory.mktemp("digits") / "prepared"
-        pdata.write_prepared(prepared, out)
-        _DIGITS["dir"] = out
-    return _DIGITS["dir"]
-
-
-def make_checkpoint(path: Path, *, data: torch.Tensor | None = None, steps: int = 0, objective: str = "pfgm",
-                    seed: int = 0, nan: bool = False, run_id: str | None = None,
-                    shape: tuple[int, ...] = SHAPE) -> Path:
-    """A tiny FieldMLP checkpoint as the train stage writes it (trained `steps` steps on `data`)."""
-    generator = torch.Generator().manual_seed(seed)
-    if data is None:
-        data = torch.rand(256, *shape, generator=generator) * 2 - 1
-    hp = hyperparameters(data)
-    if objective == "pfgmpp":
-        hp = dict(hp, D=4)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = FieldMLP(data_shape=list(shape), hidden=32, depth=2, embed_dim=16,
-                       embedding="log" if objective == "pfgm" else "positional")
-    config = TrainConfig(steps=max(steps, 1), batch_size=128, lr=2e-3, warmup=0, ema_decay=0.5)
-    state = create_state(net, config, generator)
-    if steps:
-        loss = PFGMLoss(M=hp["M"], small_batch=32) if objective == "pfgm" else PFGMppLoss(D=hp["D"])
-        train(state, loss, data, config, progress=False)
-    if nan:
-        with torch.no_grad():
-            for p in state.ema.module.parameters():
-                p.fill_(float("nan"))
-    metadata = dict(hyperparameters=hp, objective=objective, data=dict(name="digits", sha256="0" * 64),
-                    mlflow_run_id=run_id)
-    return save_checkpoint(path, state, config=config, metadata=metadata)
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return digits_dir(tmp_path_factory)
-
 
 def small_params(tmp_path: Path, **overrides) -> EvaluateParams:
     values = dict(out=str(tmp_path / "metrics" / "evaluate.json"), device="cpu", method="euler", steps=8,
                   num_samples=96, batch_size=48, bpd_images=8, hutchinson=1, model_name="evaluate-test")
     return EvaluateParams(**{**values, **overrides})
-
-
-def count_extractions(monkeypatch) -> list[int]:
-    """Record the row count of every digits-CNN feature extraction (samples and reference splits alike)."""
-    from pfgm import metrics as pmetrics
-
-    sizes: list[int] = []
-    real = pmetrics.digits_extractor
-
-    def counting(*args, **kwargs):
-        extractor = real(*args, **kwargs)
-
-        def extract(images):
-            sizes.append(len(images))
-            return extractor.extract(images)
-
-        return dataclasses.replace(extractor, extract=extract)
-
-    monkeypatch.setattr(pmetrics, "digits_extractor", counting)
-    return sizes
 
 
 def runs(**filters) -> list:
@@ -173,11 +100,10 @@ def test_inception_weights_download_in_the_checks(digits, tmp_path, monkeypatch)
     from flows.evaluate import check_inputs
     from pfgm import inception
     from pfgm.metrics import WeightsChecksumError
-    from test_metrics import _save_fake_inception
 
     model_path = make_checkpoint(tmp_path / "model.pt")
     served = tmp_path / "served.pt"
-    _save_fake_inception(served)
+    save_fake_inception(served)
     monkeypatch.setattr(inception, "INCEPTION_URL", served.resolve().as_uri())
     monkeypatch.setattr(inception, "INCEPTION_SHA256", "0" * 64)
     path = tmp_path / "weights" / "inception-2015-12-05.pt"

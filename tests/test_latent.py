@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pfgm.field import normalized_field
+from helpers import exact_model
 from pfgm.latent import (decode_with_temperature, flow_heights, interpolate, interpolate_latents, record_trajectories,
                          scale_latents, slerp)
 from pfgm.ode import encode, ln_z_grid, sample
@@ -12,11 +12,6 @@ from pfgm.prior import sample_prior
 
 # Many tiny solver steps: a second torch thread only adds overhead.
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def exact_model(charges, gamma=5.0):
-    """The normalised empirical field of `charges` used as a perfect network."""
-    return lambda x, z: normalized_field(x, z, charges, gamma=gamma)
 
 
 def _angle(first, second):

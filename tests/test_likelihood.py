@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import exact_model
 from pfgm.data import uint8_levels
 from pfgm.likelihood import (bits_per_dim, dequantize, histogram_bits_per_dim, image_levels, log_likelihood,
                              log_likelihood_per_probe, mean_and_standard_error, probe_standard_error)
 from pfgm.ode import encode
 from pfgm.prior import prior_log_prob
-from test_ode import exact_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -13,19 +13,17 @@ from pydantic import ValidationError
 from flows.evaluate import check_likelihood, expected_metrics, likelihood_metrics
 from flows.params import EvaluateParams, ParamsError
 from flows.pyfunc_model import Sampler, load_trained
+from helpers import make_checkpoint
 from pfgm import data as pdata
 from pfgm.likelihood import bits_per_dim, dequantize, histogram_bits_per_dim, log_likelihood
-from test_evaluate_flow import make_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
+def digits(plain_digits) -> Path:
     """The real digits, prepared without the FID classifier (the likelihood needs none)."""
-    out = tmp_path_factory.mktemp("digits") / "prepared"
-    pdata.write_prepared(pdata.build_digits(seed=0, test_fraction=0.167), out)
-    return out
+    return plain_digits
 
 
 @pytest.fixture(scope="module")

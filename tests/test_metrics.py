@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import save_fake_inception
 from pfgm import metrics
 
 
@@ -76,27 +77,9 @@ def test_missing_inception_file_says_what_to_put_where(tmp_path):
         metrics.check_inception(tmp_path / "inception.pt")
 
 
-class _FakeInception(nn.Module):
-    """The TorchScript interface clean-fid's InceptionV3W uses: `layers` and forward(img, ...)."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2048))
-        self.head = nn.Linear(2048, 1008)
-
-    def forward(self, img: torch.Tensor, return_features: bool = False, use_fp16: bool = False,
-                no_output_bias: bool = False) -> torch.Tensor:
-        features = self.layers((img - 128.0) / 128.0)
-        if return_features:
-            return features
-        return torch.softmax(self.head(features), dim=1)
-
-
 def test_inception_plumbing_through_cleanfid(tmp_path):
     path = tmp_path / metrics.INCEPTION_FILE
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        torch.jit.save(torch.jit.script(_FakeInception()), str(path))
+    save_fake_inception(path)
     inception = metrics.InceptionFeatures(path)
     images = torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     features = metrics.image_features(images, inception, resize=metrics.clean_resizer(), batch_size=3)
@@ -289,15 +272,9 @@ def test_scorer_scores_against_its_reference_and_is_thread_safe(tmp_path):
 
 # --- Inception modes and weights -------------------------------------------------------------------
 
-def _save_fake_inception(path) -> None:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        torch.jit.save(torch.jit.script(_FakeInception()), str(path))
-
-
 def test_each_mode_uses_clean_fids_resize_and_network(tmp_path):
     path = tmp_path / metrics.INCEPTION_FILE
-    _save_fake_inception(path)
+    save_fake_inception(path)
     images = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     as_float = images.float()
     legacy = metrics.InceptionFeatures(path, mode="legacy_tensorflow")
@@ -397,7 +374,7 @@ def test_ensure_weights_downloads_only_when_asked(tmp_path, monkeypatch):
     assert fetched == [metrics.INCEPTION_URL] and not path.exists()
     # A file with the published digest is kept, loaded, and not fetched again.
     served = tmp_path / "served.pt"
-    _save_fake_inception(served)
+    save_fake_inception(served)
     monkeypatch.setattr(inception, "INCEPTION_URL", _file_url(served))
     monkeypatch.setattr(inception, "INCEPTION_SHA256", inception.sha256_file(served))
     assert metrics.ensure_weights("legacy_tensorflow", path, download=True) == path

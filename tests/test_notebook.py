@@ -12,8 +12,8 @@ import mlflow
 import nbformat
 import pytest
 
+from helpers import make_checkpoint
 from pfgm import data as pdata
-from test_evaluate_flow import make_checkpoint
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
 

@@ -8,14 +8,9 @@ import pytest
 import torch
 from scipy import stats
 
-from pfgm.field import normalized_field
+from helpers import exact_model
 from pfgm.ode import ADAPTIVE_METHODS, METHODS, encode, ln_z_grid, sample, sample_path
 from pfgm.prior import sample_prior
-
-
-def exact_model(charges, gamma=5.0):
-    """The normalised empirical field of `charges` used as a perfect network."""
-    return lambda x, z: normalized_field(x, z, charges, gamma=gamma)
 
 
 def _distance_to_nearest(points, charges):

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.registry import CHAMPION, champion, log_pyfunc, register
 from flows.tracking import configure
-from test_evaluate_flow import SHAPE, make_checkpoint
+from helpers import SHAPE, make_checkpoint
 
 
 @pytest.fixture(scope="module")

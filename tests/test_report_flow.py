@@ -1,7 +1,7 @@
 """flows.report: the table beside the published rows, the pictures, one MLflow run; failures before it.
 
 Data are real digits (without the FID classifier, which the report does not use) and a toy; the model
-is a tiny untrained FieldMLP (test_evaluate_flow.make_checkpoint); the evaluate JSON and the sweep CSV
+is a tiny untrained FieldMLP (helpers.make_checkpoint); the evaluate JSON and the sweep CSV
 are small fixtures written here, in the sweep stage's columns.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from flows.params import ParamsError, ReportParams
+from helpers import make_checkpoint
 from pfgm import data as pdata
 from pfgm.published import PUBLISHED_CSV, load_published
-from test_evaluate_flow import make_checkpoint
 
 SWEEP_ROWS = [  # checkpoint, solver, method, steps, rtol, atol, nfe, nfe_max, seconds_per_sample, fid, run_id
     ("model.pt", "RK45 tol=1e-2", "dopri5", "", 0.01, 0.01, 30.5, 32, 0.001, 25.0, "r1"),
@@ -51,10 +51,9 @@ EVALUATION = dict(fid=20.5, fid_floor=2.0, nfe=8.0, method="euler", num_samples=
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("report_digits") / "prepared"
-    pdata.write_prepared(pdata.build_digits(seed=0, test_fraction=0.167), out)
-    return out
+def digits(plain_digits) -> Path:
+    """The real digits without the FID classifier, which the report does not use."""
+    return plain_digits
 
 
 @pytest.fixture(scope="module")

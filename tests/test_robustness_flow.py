@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from flows.params import ParamsError, RobustnessParams, TrainParams, load_experiment_section, load_sections
-from test_evaluate_flow import digits_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "robustness-digits.yaml"
@@ -116,11 +115,11 @@ def test_table_rows_and_markdown(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_experiment_end_to_end(prefect_test_env, tracking, tmp_path_factory, tmp_path):
+def test_tiny_experiment_end_to_end(prefect_test_env, tracking, digits, tmp_path):
     from flows.params import DataParams, SweepParams
     from flows.robustness import robustness
 
-    data = DataParams(out=str(digits_dir(tmp_path_factory)))
+    data = DataParams(out=str(digits))
     sweep = SweepParams(out=str(tmp_path / "sweep.json"), table=str(tmp_path / "sweep.csv"), device="cpu",
                         num_samples=40, batch_size=40, workers=2, stats_cache=str(tmp_path / "stats"))
     params = tiny(tmp_path)

@@ -11,14 +11,9 @@ import pytest
 
 from flows.registry import log_pyfunc, register
 from flows.tracking import configure
-from test_evaluate_flow import digits_dir, make_checkpoint
+from helpers import make_checkpoint
 
 CRON = "0 3 * * *"
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return digits_dir(tmp_path_factory)
 
 
 @pytest.fixture

@@ -31,8 +31,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from flows.params import load_section
+from helpers import make_checkpoint
 from pfgm import data as pdata
-from test_evaluate_flow import digits_dir, make_checkpoint
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -148,11 +148,6 @@ def on_stack(stack, tmp_path, monkeypatch):
         yield stack
     while mlflow.active_run() is not None:
         mlflow.end_run()
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return digits_dir(tmp_path_factory)
 
 
 def wait_for(check, timeout: float, message: str, interval: float = 0.5):

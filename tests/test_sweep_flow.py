@@ -1,6 +1,6 @@
 """flows.sweep: a grid of sampler settings on tiny checkpoints, four workers writing one SQLite store.
 
-Checkpoints and data come from test_evaluate_flow's helpers (real digits, tiny FieldMLPs).
+Checkpoints and data come from tests/helpers.py and conftest.py (real digits, tiny FieldMLPs).
 """
 from __future__ import annotations
 
@@ -14,24 +14,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.params import ParamsError, SweepParams
+from helpers import count_extractions, make_checkpoint
 from pfgm import data as pdata
-from test_evaluate_flow import digits_dir, make_checkpoint
 
 COLUMNS = ["checkpoint", "solver", "method", "steps", "rtol", "atol", "nfe", "nfe_max", "seconds_per_sample",
            "fid", "run_id"]
 POINT_METRICS = {"nfe", "nfe_max", "seconds_per_sample", "nonfinite_samples"}
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    return digits_dir(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, digits) -> Path:
-    """A FieldMLP trained 20 steps on the digits (PFGM)."""
-    data = pdata.load_split(digits, "train")
-    return make_checkpoint(tmp_path_factory.mktemp("sweep_models") / "model.pt", data=data, steps=20)
 
 
 def small_params(tmp_path: Path, **overrides) -> SweepParams:
@@ -186,7 +174,6 @@ def test_sweep_reads_the_reference_features_evaluate_cached(prefect_test_env, tr
     from flows.evaluate import evaluate
     from flows.params import EvaluateParams
     from flows.sweep import run_sweep
-    from test_evaluate_flow import count_extractions
 
     sizes = count_extractions(monkeypatch)
     cache = str(tmp_path / "fid-stats")
