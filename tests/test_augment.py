@@ -392,6 +392,7 @@ def test_dtype_follows_input():
     assert torch.equal(l32.double(), l64) and (y32.double() - y64).abs().max() < 1e-4
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_follows_input():
     pipe = AugmentPipe(p=0.5, **ALL_ON)

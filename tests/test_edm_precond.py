@@ -107,6 +107,7 @@ def test_use_fp16_keeps_float32_on_cpu():
         assert torch.equal(net(x, 0.5), net(x, 0.5, force_fp32=True))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 runs on CUDA only")
 def test_use_fp16_runs_the_backbone_in_half_precision_on_cuda():
     torch.manual_seed(0)
