@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/site_cache
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: setup params main test bench clean stack-up stack-down stack-status stack-deploy stack-env
+.PHONY: setup params main test bench gpu-check clean stack-up stack-down stack-status stack-deploy stack-env
 
 # The pipeline's dependencies; the test tools (the `dev` extra) only for `make test`.
 $(BIN)/.installed: pyproject.toml
@@ -51,6 +51,12 @@ test: $(BIN)/.installed-dev
 bench: setup
 	$(BIN)/python benchmarks/field.py
 	$(BIN)/python benchmarks/train.py
+
+# On a GPU machine: the tests marked gpu (each skips without CUDA), then CUDA throughput against the CPU
+# and bf16 against float32 (benchmarks/gpu_throughput.py prints one line and exits 0 without CUDA).
+gpu-check: $(BIN)/.installed-dev
+	$(BIN)/python -m pytest -m gpu -q -rs
+	$(BIN)/python benchmarks/gpu_throughput.py
 
 # The team stack (README "Team setup", scripts/stack.py): PostgreSQL, MLflow and Prefect servers, a
 # Prefect process worker and a Dask cluster, bound to 127.0.0.1, data and logs under STACK_DIR.
