@@ -77,8 +77,8 @@ class _FieldLineDrift:
 
     def __call__(self, t: Tensor, flat_x: Tensor) -> Tensor:
         z = torch.exp(t).to(flat_x.dtype)
-        x = flat_x.reshape(self.shape)
-        output = self.model(x, z.expand(self.shape[0])).to(flat_x.dtype)
+        x = flat_x.reshape(-1, *self.shape[1:])  # any number of points (the exact trace copies them)
+        output = self.model(x, z.expand(len(x))).to(flat_x.dtype)
         self.nfe += 1
         v_x, v_z = output[:, :-1], output[:, -1]
         if self.z_exp is not None and float(z) < self.z_exp:
@@ -89,7 +89,7 @@ class _FieldLineDrift:
             v_z = torch.where(v_z < 0, v_z, self._exact_v_z(v_x, z))
         drift = z * v_x / v_z[:, None]
         if self.callback is not None:
-            self.callback(dict(x=x, z=float(z), nfe=self.nfe, drift=drift.reshape(self.shape)))
+            self.callback(dict(x=x, z=float(z), nfe=self.nfe, drift=drift.reshape(x.shape)))
         return drift
 
     def _exact_v_z(self, v_x: Tensor, z: Tensor) -> Tensor:

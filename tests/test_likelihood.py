@@ -9,8 +9,9 @@ import torch
 
 from helpers import exact_model
 from pfgm.data import uint8_levels
-from pfgm.likelihood import (bits_per_dim, dequantize, histogram_bits_per_dim, image_levels, log_likelihood,
-                             log_likelihood_per_probe, mean_and_standard_error, probe_standard_error)
+from pfgm.likelihood import (bits_per_dim, dequantize, drift_and_exact_trace, histogram_bits_per_dim,
+                             image_levels, log_likelihood, log_likelihood_per_probe, mean_and_standard_error,
+                             probe_standard_error)
 from pfgm.ode import encode
 from pfgm.prior import prior_log_prob
 
@@ -128,6 +129,20 @@ def test_hutchinson_probes_agree_with_the_exact_trace_within_their_standard_erro
     # Per point too: each point's mean over 64 probes within 4 of its own standard errors.
     per_point_error = per_probe.std(dim=1) / math.sqrt(64)
     assert ((per_probe.mean(dim=1) - exact).abs() < 4 * per_point_error).all()
+
+
+def test_exact_trace_is_the_analytic_divergence_of_a_coupled_drift():
+    # f(x) = tanh(x A) couples every coordinate; its Jacobian's diagonal is (1 - tanh^2(x A))_i A_ii,
+    # so tr J = sum_i (1 - f_i^2) A_ii. Small chunks (max_rows) must give the same as one pass.
+    generator = torch.Generator().manual_seed(3)
+    A = torch.randn(6, 6, generator=generator, dtype=torch.float64)
+    x = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    expected = ((1 - torch.tanh(x @ A).square()) * torch.diagonal(A)).sum(dim=1)
+    for max_rows in (8192, 6, 1):
+        drift, trace = drift_and_exact_trace(lambda points: torch.tanh(points @ A), x, max_rows=max_rows)
+        assert torch.allclose(drift, torch.tanh(x @ A), rtol=0, atol=1e-15)
+        assert torch.allclose(trace, expected, rtol=1e-12, atol=0)
+    assert not torch.allclose(expected, (1 - torch.tanh(x @ A).square()).sum(dim=1) * A.mean())  # not a trivial case
 
 
 @pytest.mark.parametrize("levels", [2, 17, 256])
