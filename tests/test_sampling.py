@@ -168,3 +168,22 @@ def test_load_trained_reads_what_training_writes(tmp_path, pfgmpp_model):
                              metadata=dict(objective="pfgmpp", hyperparameters={}))
     with pytest.raises(ValueError, match="missing \\['D'\\]"):
         load_trained(broken)
+
+
+def test_one_norm_recorder_for_both_objectives(pfgm_model, pfgmpp_model):
+    """pfgm.diagnostics.sampling_curve through a sampler draws the curves the per-objective functions drew."""
+    from pfgm import diagnostics
+
+    settings = SamplerSettings(method="euler", steps=4)
+    pfgm_sampler, pfgmpp_sampler = sampler_for(pfgm_model, settings), sampler_for(pfgmpp_model, settings)
+    z_max = float(pfgm_model.hyperparameters["z_max"])
+    start = draw(pfgm_sampler)
+    before, _ = diagnostics.sampling_curve_pfgm(pfgm_model.net, start, z_max=z_max, z_min=settings.z_min,
+                                                method="euler", steps=4)
+    after, _ = diagnostics.sampling_curve(pfgm_sampler, start)
+    start = draw(pfgmpp_sampler)
+    before_pp, _ = diagnostics.sampling_curve_pfgmpp(as_denoiser(pfgmpp_model.net), start, pfgmpp.sigma_grid(4))
+    after_pp, _ = diagnostics.sampling_curve(pfgmpp_sampler, start)
+    for old, new in ((before, after), (before_pp, after_pp)):
+        assert old.variable == new.variable
+        assert all(torch.equal(getattr(old, key), getattr(new, key)) for key in ("height", "mean", "std", "count"))
