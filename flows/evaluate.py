@@ -56,8 +56,8 @@ from pfgm import metrics as pmetrics
 from pfgm import likelihood as plik
 from pfgm import zsolvers
 from pfgm.ode import ADAPTIVE_METHODS, METHODS
-from pfgm.sampling import (HEUN_STEPS, Generated, SamplerSettings, TrainedModel, generate, load_trained,
-                           preview_settings, sampler_for, untrained_like)
+from pfgm.sampling import (HEUN_STEPS, Generated, SamplerSettings, SolveDiverged, TrainedModel, generate,
+                           load_trained, preview_settings, sampler_for, untrained_like)
 
 #: The likelihood functions' annotations still say Sampler: the old name of pfgm.sampling.SamplerSettings.
 Sampler = SamplerSettings
@@ -286,9 +286,7 @@ def log_likelihoods(model: TrainedModel, x: torch.Tensor, *, params: EvaluatePar
                 model.net, batch.to(device), z_min=likelihood_z_min(params), z_max=float(hp["z_max"]), method=params.bpd_method,
                 rtol=sampler.rtol, atol=sampler.atol, steps=params.bpd_steps, gamma=float(hp.get("gamma", 5.0)),
                 z_exp=params.bpd_z_exp, hutchinson=params.hutchinson, generator=generator).cpu())
-        except ValueError as err:
-            if "non-finite" not in str(err):
-                raise
+        except SolveDiverged:
             rows.append(torch.full((len(batch), params.hutchinson or 1), math.nan))
     return torch.cat(rows).double()
 

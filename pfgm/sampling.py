@@ -39,7 +39,7 @@ from pfgm.ode import SolveDiverged
 from pfgm.prior import sample_prior
 from pfgm.training.checkpoint import NETWORKS, build_network, load_checkpoint
 
-__all__ = ["HEUN_STEPS", "Generated", "PFGMSampler", "PFGMppSampler", "SampleResult", "SamplerSettings",
+__all__ = ["HEUN_STEPS", "Generated", "PFGMSampler", "PFGMppSampler", "SampleResult", "Sampler", "SamplerSettings",
            "SolveDiverged", "TrainedModel", "generate", "load_trained", "preview_settings", "sampler_for",
            "untrained_like"]
 
@@ -200,6 +200,7 @@ class PFGMppSampler:
         return SampleResult(samples=out.x, nfe=out.nfe, path=torch.stack(states) if path else None)
 
 
+#: Either objective's sampler (not flows.pyfunc_model's old `Sampler`, which named SamplerSettings).
 Sampler = PFGMSampler | PFGMppSampler
 #: The objective's sampler class: the one branch on the objective.
 SAMPLERS: dict[str, type[PFGMSampler] | type[PFGMppSampler]] = {"pfgm": PFGMSampler, "pfgmpp": PFGMppSampler}

@@ -187,3 +187,15 @@ def test_one_norm_recorder_for_both_objectives(pfgm_model, pfgmpp_model):
     for old, new in ((before, after), (before_pp, after_pp)):
         assert old.variable == new.variable
         assert all(torch.equal(getattr(old, key), getattr(new, key)) for key in ("height", "mean", "std", "count"))
+
+
+@pytest.mark.parametrize("method, steps", [("heun", 3), ("dopri5", None)])
+def test_a_likelihood_flow_that_leaves_the_finite_numbers_raises_solve_diverged(method, steps):
+    """Fixed-step (NaN state) and adaptive (gave up) alike: one typed error, no message to match."""
+    from pfgm.likelihood import log_likelihood
+
+    broken = tiny_model("pfgm", nan=True)
+    x = torch.zeros(3, *SHAPE)
+    with pytest.raises(SolveDiverged):
+        log_likelihood(broken.net, x, z_min=1e-3, z_max=float(broken.hyperparameters["z_max"]), method=method,
+                       steps=steps)
