@@ -5,8 +5,8 @@
 Reads `data` (data.out: the prepared folder), `train` (train.out: the folder holding model.pt) and
 `evaluate` (everything else). For the EMA weights of <train.out>/model.pt and the one sampler setting
 of `evaluate`, the flow
-  1. draws num_samples samples in batches (seeded), measuring the NFE of each solve and the seconds per
-     sample (PFGM: pfgm.prior + pfgm.ode.sample; PFGM++: its prior and EDM's Heun sampler);
+  1. draws num_samples samples in batches (seeded, pfgm.sampling.generate), measuring the NFE of each
+     solve and the seconds per sample (PFGM: its prior and pfgm.ode; PFGM++: its prior and EDM's Heun);
   2. scores them by FID and KID (pfgm.metrics.FidScorer) against the evaluate.fid_reference split's
      features (cached in evaluate.stats_cache): digits with the CNN saved beside the data, other images
      with clean-fid's Inception in evaluate.fid_mode read from evaluate.inception_path (downloaded and
@@ -47,21 +47,20 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.cli import command_line
+from flows.common import MODEL_FILE, check_model_fits
 from flows.params import EvaluateParams, ParamsError, SweepParams, load_sections, params_parser
-from flows.pyfunc_model import (HEUN_STEPS, Generated, Sampler, TrainedModel, generate, load_trained, method_name,
-                                 untrained_like)
 from flows.registry import log_pyfunc, register
 from flows.tracking import configure, evaluate_run_name, log_dataset, resolve_device
 from pfgm import data as pdata
 from pfgm import metrics as pmetrics
-from flows.train import MODEL as MODEL_FILE
 from pfgm import likelihood as plik
 from pfgm import zsolvers
 from pfgm.ode import ADAPTIVE_METHODS, METHODS
+from pfgm.sampling import (HEUN_STEPS, Generated, SamplerSettings, SolveDiverged, TrainedModel, generate,
+                           load_trained, preview_settings, sampler_for, untrained_like)
 
-#: The untrained reference always takes a fixed number of steps, so it terminates whatever its field.
-UNTRAINED_EULER_STEPS = 20  # PFGM: Euler in ln z
-UNTRAINED_HEUN_STEPS = 10  # PFGM++: Heun, 19 evaluations
+#: The likelihood functions' annotations still say Sampler: the old name of pfgm.sampling.SamplerSettings.
+Sampler = SamplerSettings
 GRID_SAMPLES = 64
 
 
@@ -146,17 +145,6 @@ def check_likelihood(params: EvaluateParams, manifest: dict[str, Any]) -> None:
                           "dimensions); give a number of probes (e.g. 1) or set bpd_images to 0")
 
 
-def check_model_fits(model: TrainedModel, path: str, *, z_min: float, section: str, manifest: dict[str, Any],
-                     data_dir: str) -> None:
-    """The model samples the data's shape and, for PFGM, z_min lies below its z_max (ParamsError naming
-    <section>.z_min otherwise): the checks every flow that samples a checkpoint makes before its run."""
-    z_max = model.hyperparameters.get("z_max")
-    if model.objective == "pfgm" and z_min >= float(z_max):
-        raise ParamsError(f"{section}.z_min: must be below the z_max {z_max} of {path}, got {z_min}")
-    if model.shape != tuple(manifest["shape"]):
-        raise ValueError(f"{path} samples shape {model.shape} but {data_dir} holds {tuple(manifest['shape'])}")
-
-
 def check_inputs(params: EvaluateParams, data_dir: str, model_path: str) -> tuple[Plan, TrainedModel]:
     """Every check that can fail before the MLflow run: params, files, the checkpoint, Inception."""
     if params.method not in METHODS:
@@ -185,22 +173,22 @@ def check_inputs(params: EvaluateParams, data_dir: str, model_path: str) -> tupl
                 levels=pdata.levels_of(manifest)), model
 
 
-def sampler_of(params: EvaluateParams) -> Sampler:
+def sampler_of(params: EvaluateParams) -> SamplerSettings:
     """The evaluate section's sampler setting."""
-    return Sampler(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
-                   schedule=params.schedule, rho=params.rho, z_min=params.z_min, z_exp=params.z_exp,
-                   clip_prior=params.clip_prior)
+    return SamplerSettings(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
+                           schedule=params.schedule, rho=params.rho, z_min=params.z_min, z_exp=params.z_exp,
+                           clip_prior=params.clip_prior)
 
 
-def untrained_sampler(params: EvaluateParams, objective: str) -> Sampler:
-    """The fixed-step setting of the untrained reference (same prior and heights as the trained one)."""
-    steps = UNTRAINED_HEUN_STEPS if objective == "pfgmpp" else UNTRAINED_EULER_STEPS
-    return Sampler(method="euler", steps=steps, z_min=params.z_min, clip_prior=params.clip_prior)
+def untrained_sampler(params: EvaluateParams, objective: str) -> SamplerSettings:
+    """The fixed-step setting of the untrained reference (same prior and heights as the trained one),
+    which terminates whatever its field."""
+    return preview_settings(objective, z_min=params.z_min, clip_prior=params.clip_prior)
 
 
 # Tensors and networks travel between tasks in memory: NO_CACHE spares Prefect hashing them.
 @task(cache_policy=NO_CACHE)
-def draw_samples(model: TrainedModel, params: EvaluateParams, sampler: Sampler, seed: int) -> Generated:
+def draw_samples(model: TrainedModel, params: EvaluateParams, sampler: SamplerSettings, seed: int) -> Generated:
     """num_samples samples (num_samples, *S), the prior seeded by `seed`."""
     generator = torch.Generator().manual_seed(seed)
     return generate(model, params.num_samples, sampler, batch_size=params.batch_size, generator=generator)
@@ -298,9 +286,7 @@ def log_likelihoods(model: TrainedModel, x: torch.Tensor, *, params: EvaluatePar
                 model.net, batch.to(device), z_min=likelihood_z_min(params), z_max=float(hp["z_max"]), method=params.bpd_method,
                 rtol=sampler.rtol, atol=sampler.atol, steps=params.bpd_steps, gamma=float(hp.get("gamma", 5.0)),
                 z_exp=params.bpd_z_exp, hutchinson=params.hutchinson, generator=generator).cpu())
-        except ValueError as err:
-            if "non-finite" not in str(err):
-                raise
+        except SolveDiverged:
             rows.append(torch.full((len(batch), params.hutchinson or 1), math.nan))
     return torch.cat(rows).double()
 
@@ -396,7 +382,7 @@ def _run_tags(model: TrainedModel, plan: Plan) -> dict[str, str]:
 def _run_params(params: EvaluateParams, model: TrainedModel, plan: Plan, data_dir: str, model_path: str) -> dict:
     data = model.metadata.get("data") or {}
     untrained = untrained_sampler(params, model.objective)
-    return dict(method=method_name(model, sampler_of(params)), rtol=params.rtol, atol=params.atol,
+    return dict(method=sampler_for(model, sampler_of(params)).method, rtol=params.rtol, atol=params.atol,
                 steps=params.steps, schedule=params.schedule, rho=params.rho, z_min=params.z_min,
                 z_exp=params.z_exp, clip_prior=params.clip_prior, num_samples=params.num_samples, batch_size=params.batch_size, seed=params.seed,
                 features=plan.features, hutchinson=params.hutchinson, bpd_images=params.bpd_images,
@@ -405,7 +391,7 @@ def _run_params(params: EvaluateParams, model: TrainedModel, plan: Plan, data_di
                 bpd_z_exp=params.bpd_z_exp,
                 objective=model.objective, model_path=model_path, data_dir=data_dir,
                 data_sha256=data.get("sha256"), **{f"hp.{k}": v for k, v in model.hyperparameters.items()},
-                untrained_method=method_name(model, untrained), untrained_steps=untrained.steps,
+                untrained_method=sampler_for(model, untrained).method, untrained_steps=untrained.steps,
                 **fid_protocol(params, plan.features), stats_cache=params.stats_cache,
                 download_weights=params.download_weights, inception_path=params.inception_path)
 
@@ -430,7 +416,7 @@ class SampleSets:
     scores: dict[int, dict[str, float]]
 
 
-def draw_and_score(model: TrainedModel, params: EvaluateParams, sampler: Sampler,
+def draw_and_score(model: TrainedModel, params: EvaluateParams, sampler: SamplerSettings,
                    scorer: pmetrics.FidScorer | None) -> SampleSets:
     """One set of num_samples per seed, each scored as soon as drawn (only the first set is kept)."""
     first, nfe, seconds, scores = None, [], 0.0, {}
@@ -465,7 +451,7 @@ def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str
         logger.warning("the model was trained on data with sha256 %s, but %s holds %s: scores compare "
                        "against other data than the training data", trained_on, data_dir, data_sha256)
     sampler = sampler_of(params)
-    method = method_name(model, sampler)
+    method = sampler_for(model, sampler).method
     run_name = evaluate_run_name(plan.name, model.objective, method, rtol=params.rtol, num_samples=params.num_samples,
                                  steps=None if method in ADAPTIVE_METHODS else params.steps or HEUN_STEPS)
     with mlflow.start_run(run_name=run_name, tags=_run_tags(model, plan)) as run:
@@ -478,7 +464,7 @@ def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str
                                    fid_network_sha256=scorers.samples.extractor.network_sha256,
                                    fid_reference_key=scorers.samples.reference.key))
         sets = draw_and_score(model, params, sampler, scorers.samples if scorers is not None else None)
-        reference = draw_samples(untrained_like(model, seed=params.seed, device=next(model.net.parameters()).device),
+        reference = draw_samples(untrained_like(model, seed=params.seed, device=model.device),
                                  params, untrained_sampler(params, model.objective), params.seed)
         total = params.num_samples * len(sample_seeds(params))
         metrics: dict[str, Any] = dict(num_samples=params.num_samples, nfe=float(np.mean(sets.nfe)),
@@ -498,7 +484,7 @@ def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str
         logger.info("metrics %s", json.dumps(metrics, sort_keys=True))
         require_finite(metrics)
         model_info = log_pyfunc(model_path) if params.register_model else None
-    result: dict[str, Any] = {**metrics, "num_samples": params.num_samples, "method": method_name(model, sampler),
+    result: dict[str, Any] = {**metrics, "num_samples": params.num_samples, "method": method,
                               "features": plan.features, **fid_protocol(params, plan.features),
                               **({"bpd_levels": plan.levels} if "bpd" in plan.metric_keys else {}),
                               "run_id": run.info.run_id}

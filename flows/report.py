@@ -42,18 +42,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.cli import command_line
-from flows.evaluate import check_model_fits
+from flows.common import MODEL_FILE, check_model_fits
 from flows.params import ReportParams, load_sections, params_parser
-from flows.pyfunc_model import HEUN_STEPS, Sampler, TrainedModel, generate, load_trained
 from flows.tracking import configure, resolve_device
-from flows.train import MODEL as MODEL_FILE
 from pfgm import data as pdata
-from pfgm import diagnostics, pfgmpp, viz
+from pfgm import diagnostics, viz
 from pfgm.latent import decode_with_temperature, flow_heights, interpolate_latents, record_trajectories
-from pfgm.networks.edm import as_denoiser
 from pfgm.ode import encode
-from pfgm.prior import sample_prior
 from pfgm.published import PublishedResult, for_data, load_published
+from pfgm.sampling import SamplerSettings, SolveDiverged, TrainedModel, generate, load_trained, sampler_for
 
 SWEEP_COLUMNS = ("checkpoint", "solver", "method", "steps", "rtol", "atol", "nfe", "nfe_max",
                  "seconds_per_sample", "fid", "run_id")
@@ -64,16 +61,12 @@ REPORT_FILES = ("table.csv", "table.md", "nfe_vs_fid.png", "samples.png", "inter
 #: Published rows shown when nothing is published on the run's own data set.
 REFERENCE_DATA = "cifar10"
 FEATURE_NAMES = {"digits": "digits CNN (prepare stage)", "inception": "clean-fid Inception"}
-#: How torchdiffeq's adaptive solvers give up (an AssertionError) when the step size collapses.
-SOLVER_GAVE_UP = ("underflow in dt", "max_num_steps exceeded")
 #: Test images tried per image wanted for interpolation.png before giving up on the picture.
 ENCODE_ATTEMPTS = 5
 #: Data points drawn behind the 2D pictures (more only slows the drawing).
 BACKGROUND_POINTS = 3000
 #: Training rows perturbed (once each) for the training curve of norm_z.png.
 NORM_TRAINING_ROWS = 2000
-#: PFGM's perturbation defaults (PFGM.md section 2), for a report run without the train section's values.
-DEFAULT_PERTURBATION = dict(sigma=0.01, tau=0.03, restrict_M=True)
 
 
 @dataclass(frozen=True)
@@ -407,33 +400,26 @@ def _ode_kwargs(params: ReportParams, model: TrainedModel) -> dict[str, Any]:
                 gamma=float(model.hyperparameters.get("gamma", 5.0)))
 
 
-def _device(model: TrainedModel) -> torch.device:
-    return next(model.net.parameters()).device
+def settings_of(params: ReportParams) -> SamplerSettings:
+    """The report section's sampler setting (samples.png, the norm curves, the PFGM pictures' prior)."""
+    return SamplerSettings(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
+                           schedule=params.schedule, rho=params.rho, z_min=params.z_min, z_exp=params.z_exp,
+                           clip_prior=params.clip_prior)
 
 
 def _prior(params: ReportParams, model: TrainedModel, n: int, generator: torch.Generator) -> torch.Tensor:
-    hp = model.hyperparameters
-    upper_norm = float(hp["upper_norm"]) if params.clip_prior else None
-    return sample_prior(n, model.shape, z_max=float(hp["z_max"]), upper_norm=upper_norm, generator=generator,
-                        device=_device(model))
+    return sampler_for(model, settings_of(params)).prior(n, generator)
 
 
 @task(cache_policy=NO_CACHE)
 def draw_samples(params: ReportParams, inputs: Inputs, data_dir: str, folder: Path) -> Path:
     """samples.png: num_samples samples with the report's solver (a scatter plot for 2D points)."""
-    sampler = Sampler(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
-                      schedule=params.schedule, rho=params.rho, z_min=params.z_min, z_exp=params.z_exp,
-                      clip_prior=params.clip_prior)
     generator = torch.Generator().manual_seed(params.seed)
-    x = generate(inputs.model, params.num_samples, sampler, batch_size=params.num_samples, generator=generator).x
+    x = generate(inputs.model, params.num_samples, settings_of(params), batch_size=params.num_samples, generator=generator).x
     title = f"{model_label(inputs.model)}, {params.method}"
     if inputs.kind == "points":
         return viz.save_points(x, folder / "samples.png", data=_background(data_dir, generator), title=title)
     return viz.save_image_grid(x, folder / "samples.png", title=title)
-
-
-def _gave_up(err: AssertionError) -> bool:
-    return any(reason in str(err) for reason in SOLVER_GAVE_UP)
 
 
 def encode_test_images(params: ReportParams, inputs: Inputs, data_dir: str,
@@ -444,7 +430,7 @@ def encode_test_images(params: ReportParams, inputs: Inputs, data_dir: str,
     skipped and counted rather than failing the report. Returns (images, latents, skipped, nfe).
     """
     test = pdata.load_split(data_dir, "test")
-    wanted, device = 2 * params.interpolation_pairs, _device(inputs.model)
+    wanted, device = 2 * params.interpolation_pairs, inputs.model.device
     images, latents, skipped, nfe = [], [], 0, 0
     for index in torch.randperm(len(test), generator=generator)[: wanted * ENCODE_ATTEMPTS].tolist():
         image = test[index: index + 1].to(device)
@@ -453,9 +439,7 @@ def encode_test_images(params: ReportParams, inputs: Inputs, data_dir: str,
             out = encode(inputs.model.net, image, z_min=params.z_min,
                          z_max=float(inputs.model.hyperparameters["z_max"]),
                          **{**_ode_kwargs(params, inputs.model), "z_exp": None})
-        except AssertionError as err:
-            if not _gave_up(err):
-                raise
+        except SolveDiverged:
             skipped += 1
             continue
         nfe += out.nfe
@@ -567,31 +551,6 @@ def draw_nfe_vs_fid(inputs: Inputs, folder: Path) -> Path | None:
                                      f"(checkpoint {short_path(best['checkpoint'])})")
 
 
-def norm_curves(model: TrainedModel, train: torch.Tensor, *, sampler: Sampler, num_samples: int,
-                generator: torch.Generator, perturbation: dict[str, Any] | None = None) -> dict[str, diagnostics.NormCurve]:
-    """The norm-z (PFGM) or norm-sigma (PFGM++) curves of a model (pfgm.diagnostics), by label:
-    "sampling": num_samples prior draws followed with `sampler` (PFGM++: EDM's Heun, sampler.steps or 18);
-    "training (perturbed)": the rows of `train` (B, *S) perturbed once as in training (PFGM: with
-    `perturbation`'s sigma, tau, restrict_M and the checkpoint's M). Randomness from `generator` (CPU)."""
-    hp, device = model.hyperparameters, _device(model)
-    if model.objective == "pfgmpp":
-        start = pfgmpp.sample_prior(num_samples, model.shape, D=hp["D"], generator=generator, device=device)
-        grid = pfgmpp.sigma_grid(sampler.steps or HEUN_STEPS, device=device)
-        sampling, _ = diagnostics.sampling_curve_pfgmpp(as_denoiser(model.net), start, grid)
-        training = diagnostics.perturbed_curve_pfgmpp(train.to(device), D=hp["D"], generator=generator)
-    else:
-        upper_norm = float(hp["upper_norm"]) if sampler.clip_prior else None
-        start = sample_prior(num_samples, model.shape, z_max=float(hp["z_max"]), upper_norm=upper_norm,
-                             generator=generator, device=device)
-        sampling, _ = diagnostics.sampling_curve_pfgm(
-            model.net, start, z_max=float(hp["z_max"]), z_min=sampler.z_min, method=sampler.method, rtol=sampler.rtol,
-            atol=sampler.atol, steps=sampler.steps, schedule=sampler.schedule, rho=sampler.rho,
-            gamma=float(hp.get("gamma", 5.0)), z_exp=sampler.z_exp)
-        training = diagnostics.perturbed_curve_pfgm(train.to(device), M=int(hp["M"]), generator=generator,
-                                                    **(perturbation or DEFAULT_PERTURBATION))
-    return {"sampling": sampling, "training (perturbed)": training}
-
-
 def write_norm_csv(panels: dict[str, dict[str, diagnostics.NormCurve]], path: Path) -> Path:
     """norm_z.csv: one row per height of every curve (model, curve, variable, height, mean, std, count)."""
     with open(path, "w", newline="") as f:
@@ -611,11 +570,9 @@ def draw_norm_curves(params: ReportParams, inputs: Inputs, data_dir: str, folder
     (median std / mean over heights) as metrics."""
     generator = torch.Generator().manual_seed(params.seed + 2)  # other draws than the other pictures
     train = pdata.load_split(data_dir, "train")[:NORM_TRAINING_ROWS]
-    sampler = Sampler(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
-                      schedule=params.schedule, rho=params.rho, z_min=params.z_min, z_exp=params.z_exp,
-                      clip_prior=params.clip_prior)
-    curves = norm_curves(inputs.model, train, sampler=sampler, num_samples=params.num_samples, generator=generator,
-                         perturbation=perturbation)
+    curves = diagnostics.model_norm_curves(inputs.model, train, settings=settings_of(params),
+                                           num_samples=params.num_samples, generator=generator,
+                                           perturbation=perturbation)
     label = model_label(inputs.model)
     viz.save_norm_curves({label: curves}, folder / "norm_z.png",
                          title=f"{inputs.name}: norm of the data part against the height (shaded: ±1 std)")

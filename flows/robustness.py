@@ -45,18 +45,18 @@ from prefect import flow, get_run_logger
 from pydantic import ValidationError
 
 from flows.cli import command_line
+from flows.common import MODEL_FILE
 from flows.evaluate import fid_scorer, resolve_features
 from flows.params import (DataParams, ParamsError, RobustnessParams, SolverGrid, SweepParams, TrainParams,
                           load_experiment_section, load_sections, params_parser)
-from flows.pyfunc_model import Sampler, load_trained
-from flows.report import norm_curves, torch_threads, write_norm_csv
+from flows.report import torch_threads, write_norm_csv
 from flows.sweep import run_sweep
 from flows.tracking import configure, resolve_device
-from flows.train import MODEL as MODEL_FILE
 from flows.train import setup as train_setup
 from flows.train import train as train_flow
 from pfgm import data as pdata
-from pfgm import pfgmpp, viz
+from pfgm import diagnostics, pfgmpp, viz
+from pfgm.sampling import SamplerSettings, load_trained
 
 FILES = ("table.md", "table.csv", "norm_z.png", "norm_z.csv")
 
@@ -223,15 +223,15 @@ def norm_panels(found: list[Cell], robustness: RobustnessParams, sweep: SweepPar
     """The norm-z curves of every model, by cell label (sampling with the protocol's largest step count)."""
     train = pdata.load_split(data_dir, "train")
     device = resolve_device(sweep.device)
-    sampler = Sampler(method="heun", steps=max(robustness.steps), schedule="power", rho=pfgmpp.RHO, z_min=sweep.z_min,
-                      z_exp=sweep.z_exp, clip_prior=sweep.clip_prior)
+    settings = SamplerSettings(method="heun", steps=max(robustness.steps), schedule="power", rho=pfgmpp.RHO,
+                               z_min=sweep.z_min, z_exp=sweep.z_exp, clip_prior=sweep.clip_prior)
     panels = {}
     for cell in found:
         generator = torch.Generator().manual_seed(robustness.seed)
         perturbation = dict(sigma=cell.params.sigma, tau=cell.params.tau, restrict_M=cell.params.restrict_M)
-        panels[cell.label] = norm_curves(load_trained(cell.model, device=device), train, sampler=sampler,
-                                         num_samples=robustness.norm_samples, generator=generator,
-                                         perturbation=perturbation)
+        panels[cell.label] = diagnostics.model_norm_curves(load_trained(cell.model, device=device), train,
+                                                           settings=settings, num_samples=robustness.norm_samples,
+                                                           generator=generator, perturbation=perturbation)
     return panels
 
 

@@ -27,11 +27,11 @@ import mlflow
 from prefect import flow, get_run_logger
 
 from flows.cli import command_line
+from flows.common import MODEL_FILE
 from flows.params import load_section, params_parser
 from flows.registry import champion
 from flows.sweep import SweepResult, run_sweep
 from flows.tracking import configure
-from flows.train import MODEL as MODEL_FILE
 
 DEPLOYMENT = "nightly"
 DEFAULT_CRON = "0 3 * * *"

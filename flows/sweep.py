@@ -6,7 +6,7 @@ Reads `data` (data.out), `train` (train.out: the default checkpoint <train.out>/
 For every checkpoint (sweep.checkpoints, or <train.out>/model.pt) and every sampler setting of the grid
 (PFGM: each solver of sweep.solvers with each of its tolerances or step counts; PFGM++: EDM's Heun
 sampler with each of sweep.heun_steps) the flow
-  1. draws num_samples samples with flows.pyfunc_model.generate, seeded by sweep.seed, so every point
+  1. draws num_samples samples with pfgm.sampling.generate, seeded by sweep.seed, so every point
      starts from the same prior draw; measures the NFE of each batch's solve (mean and max) and the
      seconds per sample;
   2. scores them by FID and KID against the sweep.fid_reference split (pfgm.metrics.FidScorer, built
@@ -62,14 +62,14 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.cli import command_line
-from flows.evaluate import check_model_fits, fid_scorer, resolve_features, sample_figure, write_json
+from flows.common import MODEL_FILE, check_model_fits
+from flows.evaluate import fid_scorer, resolve_features, sample_figure, write_json
 from flows.params import ParamsError, SweepParams, load_sections, params_parser
-from flows.pyfunc_model import Generated, Sampler, TrainedModel, generate, load_trained, method_name
 from flows.tracking import configure, resolve_device
-from flows.train import MODEL as MODEL_FILE
 from pfgm import data as pdata
 from pfgm import metrics as pmetrics
 from pfgm.ode import ADAPTIVE_METHODS
+from pfgm.sampling import Generated, SamplerSettings, SolveDiverged, TrainedModel, generate, load_trained, sampler_for
 
 #: The table's contract with its readers (the report flow): these columns, in this order, first.
 COLUMNS = ("checkpoint", "solver", "method", "steps", "rtol", "atol", "nfe", "nfe_max", "seconds_per_sample",
@@ -82,9 +82,6 @@ SOLVER_NAMES = {"dopri5": "RK45", "scipy_rk45": "scipy RK45", "euler": "Euler", 
                 "edm_heun": "EDM Heun"}
 
 SAMPLING_LOCK = threading.Lock()
-#: How torchdiffeq's adaptive solvers give up (an AssertionError) when the step size collapses on a
-#: NaN or exploding field: for a sweep that is a diverged point, not a failed sweep.
-SOLVER_GAVE_UP = ("underflow in dt", "max_num_steps exceeded")
 
 
 @dataclass(frozen=True)
@@ -93,7 +90,7 @@ class Point:
     checkpoint: str
     solver: str
     method: str
-    sampler: Sampler
+    sampler: SamplerSettings
 
 
 @dataclass(frozen=True)
@@ -136,20 +133,20 @@ def solver_label(method: str, *, steps: int | None = None, tolerance: float | No
     return f"{name} tol={short_float(tolerance)}" if steps is None else f"{name} {steps} steps"
 
 
-def grid_samplers(params: SweepParams, objective: str) -> list[tuple[str, Sampler]]:
+def grid_samplers(params: SweepParams, objective: str) -> list[tuple[str, SamplerSettings]]:
     """(label, sampler) of every setting the sweep gives a model of this objective, in params order."""
     common = dict(z_min=params.z_min, z_exp=params.z_exp, clip_prior=params.clip_prior)
     if objective == "pfgmpp":
-        return [(solver_label("edm_heun", steps=n), Sampler(method="edm_heun", steps=n, **common))
+        return [(solver_label("edm_heun", steps=n), SamplerSettings(method="edm_heun", steps=n, **common))
                 for n in params.heun_steps]
     settings = []
     for grid in params.solvers:
         if grid.method in ADAPTIVE_METHODS:
             settings += [(solver_label(grid.method, tolerance=tol),
-                          Sampler(method=grid.method, rtol=tol, atol=tol, **common)) for tol in grid.tolerances]
+                          SamplerSettings(method=grid.method, rtol=tol, atol=tol, **common)) for tol in grid.tolerances]
         else:
             settings += [(solver_label(grid.method, steps=n, rho=grid.rho),
-                          Sampler(method=grid.method, steps=n, schedule=grid.schedule, rho=grid.rho, **common))
+                          SamplerSettings(method=grid.method, steps=n, schedule=grid.schedule, rho=grid.rho, **common))
                          for n in grid.steps]
     return settings
 
@@ -176,7 +173,7 @@ def check_inputs(params: SweepParams, data_dir: str, checkpoints: list[str],
         model = load_trained(path, device=device)
         check_model_fits(model, path, z_min=params.z_min, section="sweep", manifest=manifest, data_dir=data_dir)
         models[label], paths[label] = model, str(path)
-        points += [Point(checkpoint=label, solver=name, method=method_name(model, sampler),
+        points += [Point(checkpoint=label, solver=name, method=sampler_for(model, sampler).method,
                          sampler=sampler) for name, sampler in grid_samplers(params, model.objective)]
     return Plan(kind=manifest["kind"], name=manifest["name"], features=features, models=models, points=tuple(points),
                 paths=paths)
@@ -234,7 +231,8 @@ def _finish_child(client: MlflowClient, run_id: str, metrics: dict[str, float], 
 def draw_point(point: Point, model: TrainedModel, params: SweepParams) -> tuple[Generated, str | None]:
     """The point's samples (num_samples, *S), timed while no other solve runs, and why the solver gave up.
 
-    A solver that gives up yields all-NaN samples, no NFE and the error message; other errors propagate.
+    A solver that gives up (a diverged point, not a failed sweep) yields all-NaN samples, no NFE and
+    the error message; other errors propagate.
     """
     generator = torch.Generator().manual_seed(params.seed)
     with SAMPLING_LOCK:
@@ -242,9 +240,7 @@ def draw_point(point: Point, model: TrainedModel, params: SweepParams) -> tuple[
         try:
             return generate(model, params.num_samples, point.sampler, batch_size=params.batch_size,
                             generator=generator), None
-        except AssertionError as err:
-            if not str(err).startswith(SOLVER_GAVE_UP):
-                raise
+        except SolveDiverged as err:
             x = torch.full((params.num_samples, *model.shape), math.nan)
             return Generated(x=x, nfe=[], seconds=time.perf_counter() - start), str(err)
 

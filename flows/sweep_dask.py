@@ -41,11 +41,11 @@ from prefect.futures import PrefectFuture
 
 from flows.evaluate import fid_scorer
 from flows.params import SweepParams
-from flows.pyfunc_model import TrainedModel, load_trained
 from flows.sweep import Parent, Plan, Point, score_point
 from flows.tracking import resolve_device
 from pfgm import data as pdata
 from pfgm import metrics as pmetrics
+from pfgm.sampling import TrainedModel, load_trained
 
 #: Loaded checkpoints and scorers a worker process keeps (the oldest goes first): a long-lived worker
 #: serving many sweeps holds a few models, not all it ever saw.

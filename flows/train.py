@@ -47,22 +47,23 @@ from prefect.cache_policies import NO_CACHE
 from torch import Tensor, nn
 
 from flows.cli import command_line
+from flows.common import MODEL_FILE
 from flows.params import DataParams, ParamsError, TrainParams, load_section, params_parser
 from flows.tracking import configure, log_dataset, resolve_device, train_run_name
 from pfgm import data as pdata
-from pfgm import ode, pfgmpp, prior, training
-from pfgm.networks.edm import as_denoiser, precond_kwargs
+from pfgm import training
+from pfgm.networks.edm import precond_kwargs
 from pfgm.perturb import hyperparameters as data_hyperparameters, prior_range
+from pfgm.sampling import TrainedModel, preview_settings, sampler_for
 from pfgm.training import NETWORKS, DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, TrainState
 from pfgm.training.augment import EDM_CIFAR10_KWARGS, AugmentPipe
 
-MODEL = "model.pt"
+MODEL = MODEL_FILE
 METRICS = ("loss", "grad_norm", "images_per_s", "lr")
 WATERMARK = "pfgm.logged_through"  # tag: the last step whose metrics the run holds
 RESUMED = "pfgm.resumed_from"  # tag: the checkpoint steps the run was resumed from, comma-separated
 STEPS_PER_BATCH = 200  # 4 metrics + 1 tag per step stays under MLflow's 1000 entities per log_batch
 SAMPLE_IMAGES, SAMPLE_POINTS = 16, 512
-EULER_STEPS, HEUN_STEPS, Z_MIN = 20, 10, 1e-3
 # Embeddings of ln(scalar): PFGM++ conditions on c_noise = ln(sigma)/4, which is often <= 0.
 LOG_EMBEDDING = {"FieldMLP": "log", "FieldConvNet": "log", "NCSNv2Small": "log", "DDPMpp": "fourier"}
 #: Denoisers: networks that only train PFGM++ (the field networks serve both objectives).
@@ -368,16 +369,11 @@ def describe_run(params: TrainParams, built: Setup, manifest: dict, resume: Resu
 
 def ema_samples(net: nn.Module, hp: dict, objective: str, shape: tuple[int, ...], n: int,
                 generator: torch.Generator) -> Tensor:
-    """n samples (n, *S) of `net`, cheaply: Euler, 20 steps in ln z from z_max to 1e-3, prior clipped to
-    upper_norm (pfgm); Heun on EDM's sigma grid, 10 steps (pfgmpp). Draws only from `generator`."""
-    device = next(net.parameters()).device
-    if objective == "pfgmpp":
-        start = pfgmpp.sample_prior(n, shape, D=hp["D"], generator=generator, device=device)
-        grid = pfgmpp.sigma_grid(HEUN_STEPS, device=device)
-        return pfgmpp.heun(as_denoiser(net), start, grid).x
-    start = prior.sample_prior(n, shape, z_max=hp["z_max"], upper_norm=hp["upper_norm"], generator=generator,
-                               device=device)
-    return ode.sample(net, start, z_max=hp["z_max"], z_min=Z_MIN, method="euler", steps=EULER_STEPS).x
+    """n samples (n, *S) of `net`, cheaply (pfgm.sampling.preview_settings: PFGM Euler 20 steps from
+    z_max to 1e-3, prior clipped to upper_norm; PFGM++ Heun, 10 steps). Draws only from `generator`."""
+    model = TrainedModel(net=net, shape=shape, objective=objective, hyperparameters=hp)
+    sampler = sampler_for(model, preview_settings(objective))
+    return sampler.solve(sampler.prior(n, generator)).samples
 
 
 def write_samples(samples: Tensor, kind: str, path: Path) -> Path:

@@ -11,7 +11,8 @@ B ~ Beta(N/2, D/2), whose spread shrinks as D grows).
 Here, as pure functions of tensors:
 - `NormRecorder`: a sampler callback that records ||x|| over the batch at each network evaluation
   (`pfgm.ode.sample`, height z) or after each step (`pfgm.pfgmpp.heun`, height sigma), and
-  `sampling_curve_pfgm` / `sampling_curve_pfgmpp` that sample with it;
+  `sampling_curve_pfgm` / `sampling_curve_pfgmpp` that sample with it; `sampling_curve` does the same
+  through either objective's pfgm.sampling sampler, and `model_norm_curves` draws both curves of a model;
 - `perturbed_curve_pfgm` / `perturbed_curve_pfgmpp`: the same statistics for perturbed training points,
   binned in log height;
 - `NormCurve`: heights (T,) decreasing, with the mean, standard deviation and count of ||x|| at each.
@@ -29,9 +30,12 @@ from torch import Tensor
 from pfgm import ode, pfgmpp
 from pfgm import perturb as pfgm_perturb
 from pfgm._checks import check_finite, check_positive, check_tensor
+from pfgm.sampling import Sampler, SampleResult, SamplerSettings, TrainedModel, sampler_for
 
 #: Height variables: PFGM's z, or PFGM++'s sigma = r / sqrt(D) (EDM's noise level).
 VARIABLES = ("z", "sigma")
+#: PFGM's training perturbation (pfgm.perturb.perturb's defaults) when none is given.
+DEFAULT_PERTURBATION = dict(sigma=0.01, tau=0.03, restrict_M=True)
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,10 @@ class NormRecorder:
     def on_step(self, info: dict) -> None:
         self.record(info["x"], info["sigma_next"])
 
+    def on_state(self, info: dict) -> None:
+        """The callback of a pfgm.sampling sampler: dict(x, height, ...)."""
+        self.record(info["x"], info["height"])
+
     def curve(self) -> NormCurve:
         if not self.heights:
             raise ValueError("nothing was recorded: was the recorder passed as the sampler's callback?")
@@ -139,6 +147,33 @@ def sampling_curve_pfgmpp(denoiser: pfgmpp.Denoiser, start: Tensor, grid: Tensor
     recorder.record(start, float(grid[0]))
     result = pfgmpp.heun(denoiser, start, grid, callback=recorder.on_step)
     return recorder.curve(), result
+
+
+def sampling_curve(sampler: Sampler, start: Tensor) -> tuple[NormCurve, SampleResult]:
+    """A pfgm.sampling sampler's solve from `start` (B, *S), recording ||x|| at every state it reports
+    (PFGM: each evaluation, height z; PFGM++: the start and each step, height sigma). Returns the
+    NormCurve (the sampler's variable) and the sampler's result."""
+    recorder = NormRecorder(sampler.variable)
+    result = sampler.solve(start, callback=recorder.on_state)
+    return recorder.curve(), result
+
+
+def model_norm_curves(model: TrainedModel, train: Tensor, *, settings: SamplerSettings, num_samples: int,
+                      generator: torch.Generator, perturbation: dict | None = None) -> dict[str, NormCurve]:
+    """The norm-z (PFGM) or norm-sigma (PFGM++) curves of a model, by label:
+    "sampling": num_samples prior draws followed with `settings` (PFGM++: EDM's Heun, steps or 18);
+    "training (perturbed)": the rows of `train` (B, *S) perturbed once as in training (PFGM: with
+    `perturbation`'s sigma, tau, restrict_M, default DEFAULT_PERTURBATION, and the checkpoint's M).
+    Randomness from `generator` (CPU): the prior first, then the perturbation."""
+    sampler = sampler_for(model, settings)
+    sampling, _ = sampling_curve(sampler, sampler.prior(num_samples, generator))
+    rows, hp = train.to(model.device), model.hyperparameters
+    if model.objective == "pfgmpp":
+        training = perturbed_curve_pfgmpp(rows, D=hp["D"], generator=generator)
+    else:
+        training = perturbed_curve_pfgm(rows, M=int(hp["M"]), generator=generator,
+                                        **(perturbation or DEFAULT_PERTURBATION))
+    return {"sampling": sampling, "training (perturbed)": training}
 
 
 def binned_curve(heights: Tensor, norms: Tensor, *, variable: str, bins: int = 30) -> NormCurve:

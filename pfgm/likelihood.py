@@ -43,7 +43,7 @@ from pfgm import zsolvers
 from pfgm._checks import check_finite, check_tensor
 from pfgm._random import draw
 from pfgm.data.store import EIGHT_BIT_LEVELS, uint8_levels
-from pfgm.ode import Model, _check_heights, _FieldLineDrift, _Solver
+from pfgm.ode import Model, SolveDiverged, _check_heights, _FieldLineDrift, _Solver
 from pfgm.prior import prior_log_prob
 
 #: Largest data dimension for which evaluation flows take the exact trace by default: it costs N
@@ -141,6 +141,8 @@ def log_likelihood_per_probe(model: Model, x: Tensor, *, z_min: float, z_max: fl
     drift = _FieldLineDrift(model, x.shape, gamma=gamma, z_exp=z_exp, callback=None)
     state = torch.cat([flat, flat.new_zeros(flat.shape[0], columns)], dim=1)
     end = solver.solve(_DivergenceDrift(drift, flat.shape[1], probes), state, solver.grid(z_min, z_max, x.device))
+    if not bool(torch.isfinite(end).all()):
+        raise SolveDiverged(f"{method}: the flow of x to the prior left the finite numbers")
     latent = end[:, : flat.shape[1]].reshape(x.shape)
     return prior_log_prob(latent, z_max=z_max)[:, None] + end[:, flat.shape[1]:]
 

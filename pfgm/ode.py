@@ -21,6 +21,9 @@ Methods (METHODS):
   dopri5 may evaluate the field slightly below z_min when its last step overshoots the end (it then
   interpolates back); scipy's RK45 does not step past the end.
 
+A torchdiffeq solver that gives up (its step size collapses on a NaN or exploding field) raises
+`SolveDiverged`; fixed-step methods never give up and return whatever numbers the field led to.
+
 The likelihood integrates the same drift with its divergence: pfgm.likelihood.
 """
 from __future__ import annotations
@@ -54,13 +57,22 @@ TORCHDIFFEQ_METHODS = {
 #: Methods that choose their own steps (tolerances); all others walk a grid of `steps` steps.
 ADAPTIVE_METHODS = frozenset({"dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun", "scipy_rk45"})
 METHODS = tuple(sorted({*zsolvers.SOLVERS, *TORCHDIFFEQ_METHODS}))
+#: How torchdiffeq's adaptive solvers say they gave up: it raises a bare AssertionError, so its text is
+#: the only way to tell a diverged solve from a bug, and this is the one place that reads it.
+GAVE_UP = ("underflow in dt", "max_num_steps exceeded")
+
+
+class SolveDiverged(RuntimeError):
+    """The solver gave up: the field turned non-finite or exploded along the way."""
 
 
 @dataclass(frozen=True)
 class ODEResult:
-    """Solver output: `x` has the shape of the input batch, `nfe` counts network evaluations."""
+    """Solver output: `x` has the shape of the input batch, `nfe` counts network evaluations;
+    `path` (T, B, *S), when asked for, the states at the T points of the grid, path[0] the input."""
     x: Tensor
     nfe: int
+    path: Tensor | None = None
 
 
 ln_z_grid = zsolvers.uniform_ln_z
@@ -150,24 +162,33 @@ class _Solver:
         with warnings.catch_warnings():
             # torchdiffeq passes scipy a min_step that its RK45 ignores (and warns about)
             warnings.filterwarnings("ignore", message=".*no effect for a chosen solver: `min_step`")
-            solution = odeint(drift, state, grid, rtol=self.rtol, atol=self.atol, method=name,
-                              options={**defaults, **(self.options or {})})
+            try:
+                solution = odeint(drift, state, grid, rtol=self.rtol, atol=self.atol, method=name,
+                                  options={**defaults, **(self.options or {})})
+            except AssertionError as err:
+                if not str(err).startswith(GAVE_UP):
+                    raise
+                raise SolveDiverged(f"{self.method} gave up: {err}") from err
         return solution if path else solution[-1]
 
 
 def _flow(model: Model, x: Tensor, solver: _Solver, *, z_start: float, z_end: float, gamma: float,
-          z_exp: float | None, callback: Callback | None) -> ODEResult:
+          z_exp: float | None, callback: Callback | None, path: bool = False) -> ODEResult:
     check_finite("x", check_tensor("x", x, min_dim=2))
     drift = _FieldLineDrift(model, x.shape, gamma=gamma, z_exp=z_exp, callback=callback)
+    grid = solver.grid(z_start, z_end, x.device)
     with torch.no_grad():
-        end = solver.solve(drift, x.reshape(x.shape[0], -1), solver.grid(z_start, z_end, x.device))
-    return ODEResult(x=end.reshape(x.shape), nfe=drift.nfe)
+        solution = solver.solve(drift, x.reshape(x.shape[0], -1), grid, path=path)
+    if not path:
+        return ODEResult(x=solution.reshape(x.shape), nfe=drift.nfe)
+    states = solution.reshape(len(grid), *x.shape)
+    return ODEResult(x=states[-1], nfe=drift.nfe, path=states)
 
 
 def sample(model: Model, x: Tensor, *, z_max: float, z_min: float, method: str = "dopri5",
            rtol: float = 1e-4, atol: float = 1e-4, steps: int | None = None, schedule: str = "ln_z",
            rho: float | None = None, gamma: float = 5.0, z_exp: float | None = None,
-           callback: Callback | None = None, options: dict | None = None) -> ODEResult:
+           callback: Callback | None = None, options: dict | None = None, path: bool = False) -> ODEResult:
     """Follow field lines from the plane z = z_max down to z = z_min.
 
     Args:
@@ -178,12 +199,17 @@ def sample(model: Model, x: Tensor, *, z_max: float, z_min: float, method: str =
         z_exp: below this height replace the network's v_z by the exact relation E_z = -z.
         callback: called after each network evaluation with dict(x, z, nfe, drift).
         options: passed to torchdiffeq.
+        path: also keep the state at every point of the grid (the two ends for adaptive methods).
     Returns:
-        ODEResult with x of shape (B, *S) on the plane z = z_min and the NFE made.
+        ODEResult with x of shape (B, *S) on the plane z = z_min and the NFE made (with `path`, also
+        the states (T, B, *S) at the T grid points).
+    Raises:
+        SolveDiverged: an adaptive method gave up.
     """
     _check_heights(z_min, z_max)
     solver = _Solver(method, steps, rtol, atol, schedule, rho, options)
-    return _flow(model, x, solver, z_start=z_max, z_end=z_min, gamma=gamma, z_exp=z_exp, callback=callback)
+    return _flow(model, x, solver, z_start=z_max, z_end=z_min, gamma=gamma, z_exp=z_exp, callback=callback,
+                 path=path)
 
 
 def _path_grid(solver: _Solver, heights: list[float], device) -> tuple[Tensor, Tensor]:

@@ -29,12 +29,12 @@ from flows.import_official import (
     release_spec,
 )
 from flows.params import EvaluateParams, SweepParams, load_params
-from flows.pyfunc_model import Sampler, generate, load_trained
 from flows.sweep import check_inputs as sweep_check
 from pfgm.networks.official_snapshot import read_official_snapshot
 from pfgm import data as pdata
 from pfgm.networks.ddpmpp import RELEASED_CONFIGS, kwargs_from_official
 from pfgm.perturb import prior_range
+from pfgm.sampling import SamplerSettings, generate, load_trained
 
 TINY_SHAPE = [3, 16, 16]  # tiny_ddpmpp_config.json: 3 channels, image_size 16
 TINY_M = 291  # the tiny config has no training.M; CIFAR-10's (PFGM.md section 2)
@@ -242,7 +242,7 @@ def test_pfgmpp_snapshot_imports_and_reproduces_the_official_denoiser(edm_ref, n
     check_inputs(evaluate, str(data), result["model"])
     sweep_check(SweepParams(device="cpu", features="inception", inception_path=str(inception)), str(data),
                 [result["model"]])
-    out = generate(model, 3, Sampler(steps=4), batch_size=3, generator=torch.Generator().manual_seed(0))
+    out = generate(model, 3, SamplerSettings(steps=4), batch_size=3, generator=torch.Generator().manual_seed(0))
     assert out.x.shape == (3, *EDM_SHAPE) and out.nfe == [7] and bool(torch.isfinite(out.x).all())
     assert load_params(result["params"]).train.out == str(Path(result["model"]).parent)
 

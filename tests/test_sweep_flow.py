@@ -149,7 +149,7 @@ def test_diverging_points_are_results(prefect_test_env, tracking, digits, traine
 def test_a_failing_point_fails_the_sweep_and_leaves_nothing_running(prefect_test_env, tracking, digits, trained,
                                                                     tmp_path, monkeypatch):
     import flows.sweep as sweep_module
-    from flows.pyfunc_model import generate
+    from pfgm.sampling import generate
 
     def generate_or_fail(model, n, sampler, **kwargs):
         if sampler.method == "heun2":

@@ -325,7 +325,7 @@ def test_network_kwargs_fill_in_edmprecond_and_check_the_augmentation(tiny_image
 
 
 def test_train_edmprecond_with_edm_recipe_and_sample_it(prefect_test_env, tmp_path, client, tiny_images):
-    from flows.pyfunc_model import Sampler, generate, load_trained
+    from pfgm.sampling import SamplerSettings, generate, load_trained
     from flows.train import train
 
     result = train(_edm_params(tmp_path / "model"), tiny_images, root=str(tmp_path))
@@ -336,5 +336,5 @@ def test_train_edmprecond_with_edm_recipe_and_sample_it(prefect_test_env, tmp_pa
     assert payload["network"]["class"] == "EDMPrecond" and int(payload["ema"]["num_updates"]) == 4
     model = load_trained(tmp_path / "model" / "model.pt")
     assert model.objective == "pfgmpp" and model.shape == (1, 8, 8) and model.net.augment_dim == 9
-    out = generate(model, 4, Sampler(steps=3), batch_size=4, generator=torch.Generator().manual_seed(0))
+    out = generate(model, 4, SamplerSettings(steps=3), batch_size=4, generator=torch.Generator().manual_seed(0))
     assert out.x.shape == (4, 1, 8, 8) and out.nfe == [5] and bool(torch.isfinite(out.x).all())
