@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +51,7 @@ from flows.pyfunc_model import (HEUN_STEPS, Generated, Sampler, TrainedModel, ge
 from flows.registry import log_pyfunc, register
 from flows.tracking import configure, evaluate_run_name, log_dataset, resolve_device
 from pfgm import data as pdata
+from pfgm.files import write_json  # noqa: F401 (flows.sweep imports it from here)
 from pfgm import metrics as pmetrics
 from flows.train import MODEL as MODEL_FILE
 from pfgm import likelihood as plik
@@ -367,17 +366,6 @@ def require_finite(metrics: dict[str, Any]) -> None:
     bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     if bad:
         raise NonFiniteMetricError(f"non-finite metrics {bad}: the model or the sampler diverged; not registered")
-
-
-def write_json(path: str | os.PathLike, content: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file beside it, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as f:
-        json.dump(content, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(temporary, path)
 
 
 def _run_tags(model: TrainedModel, plan: Plan) -> dict[str, str]:

@@ -48,7 +48,6 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +63,7 @@ from flows.params import Params, ParamsError
 from flows.train import MODEL, network_kwargs
 from pfgm import data as pdata
 from pfgm.data.store import sha256_file
+from pfgm.files import write_text
 from pfgm.networks.ddpmpp import RELEASED_CONFIGS, from_official, kwargs_from_official
 from pfgm.networks.edm import EDMPrecond, precond_from_snapshot
 from pfgm.networks.official_snapshot import read_official_snapshot
@@ -372,20 +372,6 @@ def params_text(spec: Spec, source: Path, out: Path, data: Path | None) -> str:
     return header + yaml.safe_dump(raw, sort_keys=False)
 
 
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_model(net: nn.Module, path: Path, metadata: dict[str, Any], step: int) -> Path:
     """Our checkpoint of `net`: model and EMA both hold the official EMA weights; Adam is fresh (the
     file is for sampling; the raw weights and optimiser state of the official run are not carried)."""
@@ -458,7 +444,7 @@ def import_official(checkpoint: str | os.PathLike, config: str | None, out: str 
                     official=dict(checkpoint=str(checkpoint.resolve()), sha256=sha256_file(checkpoint),
                                   config=spec.name, **info, **spec.official))
     model = write_model(net, out / MODEL, metadata, step)
-    written = write_text_atomically(out / PARAMS_FILE, text) if text is not None else None
+    written = write_text(out / PARAMS_FILE, text) if text is not None else None
     return dict(model=str(model), params=None if written is None else str(written), objective=objective,
                 hyperparameters=spec.hyperparameters, data=metadata["data"], step=step)
 

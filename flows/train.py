@@ -29,7 +29,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ from flows.params import DataParams, ParamsError, TrainParams, load_section, par
 from flows.tracking import configure, log_dataset, resolve_device, train_run_name
 from pfgm import data as pdata
 from pfgm import ode, pfgmpp, prior, training
+from pfgm.files import atomic_write
 from pfgm.networks.edm import as_denoiser, precond_kwargs
 from pfgm.perturb import hyperparameters as data_hyperparameters, prior_range
 from pfgm.training import NETWORKS, DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, TrainState
@@ -469,13 +469,10 @@ def write_history(client: MlflowClient, run_id: str, path: Path) -> Path:
     for key in METRICS:
         for metric in client.get_metric_history(run_id, key):
             rows.setdefault(metric.step, {"step": metric.step})[key] = metric.value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as file:
+    with atomic_write(path, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=["step", *METRICS])
         writer.writeheader()
         writer.writerows(rows[step] for step in sorted(rows))
-    os.replace(temporary, path)
     return path
 
 

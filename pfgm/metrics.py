@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from torch import Tensor
 
 from pfgm import data as pdata
 from pfgm.data.store import SPLITS
+from pfgm.files import atomic_write
 from pfgm.inception import (  # noqa: F401  (re-exported: the metrics' Inception API in one place)
     INCEPTION_FILE,
     INCEPTION_SHA256,
@@ -325,19 +325,11 @@ def cache_file(cache_dir: str | os.PathLike, fields: dict[str, Any]) -> Path:
 
 
 def _write_cache(path: Path, key: str, fields: dict[str, Any], features: np.ndarray, stats: FeatureStats) -> None:
-    """Write the npz beside its place and rename it there: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
-    try:
-        with open(partial, "wb") as f:
-            np.savez(f, mu=stats.mu, sigma=stats.sigma, features=features, count=np.int64(stats.count),
-                     key=np.str_(key), fields=np.str_(json.dumps(fields, sort_keys=True)),
-                     digest=np.str_(_content_digest(stats.mu, stats.sigma, features)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    """Write the npz atomically (pfgm.files): readers never see a partial file."""
+    with atomic_write(path, "wb") as f:
+        np.savez(f, mu=stats.mu, sigma=stats.sigma, features=features, count=np.int64(stats.count),
+                 key=np.str_(key), fields=np.str_(json.dumps(fields, sort_keys=True)),
+                 digest=np.str_(_content_digest(stats.mu, stats.sigma, features)))
 
 
 def _read_cache(path: Path, key: str) -> ReferenceFeatures | None:

@@ -15,14 +15,13 @@ No code is pickled: the network is rebuilt as NETWORKS[class](**config), the onl
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pfgm.files import save_torch
 from pfgm.networks.ddpmpp import DDPMpp
 from pfgm.networks.convnet import FieldConvNet
 from pfgm.networks.edm import EDMPrecond
@@ -63,8 +62,7 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 def save_checkpoint(path: str | Path, state: TrainState, *, config: TrainConfig | None = None,
                     metadata: dict | None = None) -> Path:
-    """Write `state` to `path` atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
+    """Write `state` to `path` atomically (pfgm.files.save_torch)."""
     payload = dict(
         format=FORMAT, version=VERSION,
         network=dict(**{"class": network_name(state.net)}, config=json.dumps(state.net.config)),
@@ -73,18 +71,7 @@ def save_checkpoint(path: str | Path, state: TrainState, *, config: TrainConfig 
         train_config=None if config is None else json.dumps(config.to_dict()),
         metadata=json.dumps(metadata or {}),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return save_torch(path, payload)
 
 
 def load_checkpoint(path: str | Path) -> dict:
