@@ -57,11 +57,11 @@ from flows.train import MODEL as MODEL_FILE
 from pfgm import likelihood as plik
 from pfgm import zsolvers
 from pfgm.ode import ADAPTIVE_METHODS, METHODS
+from pfgm.viz import samples_figure as sample_figure  # flows.sweep imports it from here
 
 #: The untrained reference always takes a fixed number of steps, so it terminates whatever its field.
 UNTRAINED_EULER_STEPS = 20  # PFGM: Euler in ln z
 UNTRAINED_HEUN_STEPS = 10  # PFGM++: Heun, 19 evaluations
-GRID_SAMPLES = 64
 
 
 class NonFiniteMetricError(RuntimeError):
@@ -205,11 +205,6 @@ def draw_samples(model: TrainedModel, params: EvaluateParams, sampler: Sampler, 
     return generate(model, params.num_samples, sampler, batch_size=params.batch_size, generator=generator)
 
 
-def to_images(x: torch.Tensor) -> torch.Tensor:
-    """Samples in [-1, 1] -> uint8 images, rounded (pictures); non-finite values mapped into the range."""
-    return pmetrics.quantize(x, "round")
-
-
 def fid_scorer(params: EvaluateParams | SweepParams, features: str, data_dir: str, *,
                split: str | None = None) -> pmetrics.FidScorer:
     """The scorer a section's FID settings describe, against `split` (default: <section>.fid_reference).
@@ -333,28 +328,6 @@ def likelihood_metrics(model: TrainedModel, *, kind: str, levels: int | None, da
     train = pdata.unit_to_images(pdata.load_split(data_dir, "train"))
     out["bpd_baseline"] = float(plik.histogram_bits_per_dim(train, images, levels=levels).mean())
     return out
-
-
-def sample_figure(x: torch.Tensor, kind: str):
-    """A figure of the first samples: an image grid, or a scatter plot of 2D points.
-
-    Built without pyplot, whose global figure registry is not thread-safe (the sweep draws figures
-    from worker threads); nothing needs closing afterwards.
-    """
-    from matplotlib.figure import Figure
-    from torchvision.utils import make_grid
-
-    fig = Figure(figsize=(4, 4))
-    ax = fig.subplots()
-    if kind == "points":
-        points = x[torch.isfinite(x).all(dim=1)].numpy()
-        ax.scatter(points[:, 0], points[:, 1], s=2)
-        ax.set_aspect("equal")
-        return fig
-    grid = make_grid(to_images(x[:GRID_SAMPLES]), nrow=8, padding=1).permute(1, 2, 0).numpy()
-    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
-    ax.axis("off")
-    return fig
 
 
 def _log_figure(x: torch.Tensor, kind: str, name: str) -> None:

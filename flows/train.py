@@ -49,7 +49,7 @@ from flows.cli import command_line
 from flows.params import DataParams, ParamsError, TrainParams, load_section, params_parser
 from flows.tracking import configure, log_dataset, resolve_device, train_run_name
 from pfgm import data as pdata
-from pfgm import ode, pfgmpp, prior, training
+from pfgm import ode, pfgmpp, prior, training, viz
 from pfgm.files import atomic_write
 from pfgm.networks.edm import as_denoiser, precond_kwargs
 from pfgm.perturb import hyperparameters as data_hyperparameters, prior_range
@@ -380,30 +380,6 @@ def ema_samples(net: nn.Module, hp: dict, objective: str, shape: tuple[int, ...]
     return ode.sample(net, start, z_max=hp["z_max"], z_min=Z_MIN, method="euler", steps=EULER_STEPS).x
 
 
-def write_samples(samples: Tensor, kind: str, path: Path) -> Path:
-    """A PNG of samples: an image grid (images (n, C, H, W) in [-1, 1]) or a scatter plot (points (n, D))."""
-    samples = samples.detach().float().cpu()
-    if kind == "image":
-        from torchvision.utils import make_grid, save_image
-
-        images = ((samples + 1) / 2).clamp(0, 1)
-        scale = max(1, 32 // images.shape[-1])  # 8x8 digits would be specks
-        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
-        save_image(make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=1), path)
-        return path
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg explicitly: no display, no pyplot
-    from matplotlib.figure import Figure
-
-    points = samples.reshape(len(samples), -1).numpy()
-    figure = Figure(figsize=(4, 4))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.scatter(points[:, 0], points[:, 1 if points.shape[1] > 1 else 0], s=2)
-    axes.set_aspect("equal", adjustable="datalim")
-    figure.savefig(path, dpi=100)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------
 # The MLflow side of one training run.
 
@@ -457,7 +433,7 @@ class RunTracker:
     def log_samples(self, step: int) -> None:
         """Log a PNG of EMA samples as samples/step_<step>.png."""
         with tempfile.TemporaryDirectory() as folder:
-            path = write_samples(self.sampler(), self.kind, Path(folder) / f"step_{step:08d}.png")
+            path = viz.save_samples(self.sampler(), self.kind, Path(folder) / f"step_{step:08d}.png")
             self.client.log_artifact(self.run_id, str(path), "samples")
         self.sampled_at = step
 

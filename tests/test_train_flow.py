@@ -250,16 +250,6 @@ def test_main_trains_pfgmpp_from_a_params_file(prefect_test_env, tmp_path, clien
     assert list(rows[0]) == ["step", *METRICS]
 
 
-def test_sample_pictures_are_pngs(tmp_path):
-    from flows.train import write_samples
-
-    images = torch.rand(16, 1, 8, 8) * 2 - 1
-    points = torch.randn(64, 2)
-    for kind, samples in (("image", images), ("points", points)):
-        path = write_samples(samples, kind, tmp_path / f"{kind}.png")
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def test_prior_range_comes_from_M_unless_the_params_set_it():
     from flows.train import run_hyperparameters
     from pfgm.perturb import prior_range
