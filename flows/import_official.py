@@ -60,7 +60,7 @@ from torch import nn
 
 from flows.cli import command_line
 from flows.params import Params, ParamsError
-from flows.train import MODEL, network_kwargs
+from flows.train import MODEL
 from pfgm import data as pdata
 from pfgm.data.store import sha256_file
 from pfgm.files import write_text
@@ -68,7 +68,7 @@ from pfgm.networks.ddpmpp import RELEASED_CONFIGS, from_official, kwargs_from_of
 from pfgm.networks.edm import EDMPrecond, precond_from_snapshot
 from pfgm.networks.official_snapshot import read_official_snapshot
 from pfgm.perturb import prior_range
-from pfgm.training import TrainConfig, create_state, save_checkpoint
+from pfgm.training import RunSpec, TrainConfig, create_state, network_kwargs, save_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PARAMS_FILE = "params.yaml"
@@ -305,7 +305,7 @@ def check_pfgmpp_release(name: str, net: EDMPrecond, path: Path) -> PfgmppReleas
     train = Params.model_validate(yaml.safe_load((CONFIGS / release.params).read_text())).train
     manifest = dict(name=release.data, kind="image", shape=list(release.shape))
     with torch.device("meta"):
-        expected = EDMPrecond(**network_kwargs(train, manifest)).config
+        expected = EDMPrecond(**network_kwargs(RunSpec.from_attributes(train), manifest)).config
     differing = sorted(k for k in expected.keys() | net.config.keys()
                        if k not in TRAINING_ONLY and expected.get(k) != net.config.get(k))
     if differing:

@@ -15,13 +15,18 @@ import pytest
 import torch
 
 from flows.params import load_params
-from flows.train import network_kwargs
 from official import EDM_REFERENCE, REFERENCE, read_edm_tsv, read_tsv
 from pfgm.networks.edm import EDMPrecond
 from pfgm.networks.ddpmpp import RELEASED_CONFIGS, DDPMpp, to_official_state_dict
+from pfgm.training import RunSpec, network_kwargs as spec_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+
+
+def network_kwargs(train, manifest: dict) -> dict:
+    """The network arguments the train stage builds from a params section and the data's manifest."""
+    return spec_kwargs(RunSpec.from_attributes(train), manifest)
 
 # One entry per PFGM DDPM++ configuration. Sources:
 #   batch_size / small_batch: section 1 (charges 4096, 512, 32; small batch 128, 128, 32);
