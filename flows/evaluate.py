@@ -230,26 +230,13 @@ class Scorers:
 def build_scorers(features: str, data_dir: str, params: EvaluateParams) -> Scorers:
     """Scorers for the samples and the floor; one feature network, each reference computed or read once."""
     scorer = fid_scorer(params, features, data_dir)
-    if scorer.split == "test":
-        return Scorers(samples=scorer, floor=scorer)
-    floor = pmetrics.fid_scorer(scorer.extractor, data_dir, split="test", cache_dir=params.stats_cache,
-                                quantize=params.quantize)
-    return Scorers(samples=scorer, floor=floor)
+    return Scorers(samples=scorer, floor=pmetrics.test_split_scorer(scorer, data_dir, cache_dir=params.stats_cache))
 
 
 @task(cache_policy=NO_CACHE)
 def score_set(scorer: pmetrics.FidScorer, samples: torch.Tensor) -> dict[str, float]:
     """fid and kid of one sample set (NaN for a set holding any non-finite value)."""
     return scorer.sample_scores(samples)
-
-
-def set_metrics(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
-    """fid_seed<k>, kid_seed<k>; fid, fid_std, fid_min over the sets; kid their mean."""
-    out = {f"{metric}_seed{seed}": value for seed, scores in per_seed.items() for metric, value in scores.items()}
-    fid = pmetrics.set_statistics([scores["fid"] for scores in per_seed.values()])
-    out.update(fid=fid["mean"], fid_std=fid["std"], fid_min=fid["min"],
-               kid=pmetrics.set_statistics([scores["kid"] for scores in per_seed.values()])["mean"])
-    return out
 
 
 @task(cache_policy=NO_CACHE)
@@ -259,19 +246,13 @@ def reference_metrics(scorers: Scorers, samples: torch.Tensor, untrained: torch.
 
     The floor: num_samples training images (seeded draw) against the test split's statistics.
     """
-    train = pdata.unit_to_images(pdata.load_split(data_dir, "train"))
-    rows = np.random.default_rng(params.seed).choice(len(train), size=min(params.num_samples, len(train)),
-                                                     replace=False)
     scorer = scorers.samples
-    out = dict(fid_untrained=scorer.fid(scorer.to_images(untrained)), fid_floor=scorers.floor.fid(train[np.sort(rows)]))
-    inception = scorer.inception
-    if inception is not None and inception.has_logits:
-        finite = bool(torch.isfinite(samples).all())
-        score, spread = pmetrics.inception_score(
-            pmetrics.inception_logits(scorer.to_images(samples), inception, batch_size=params.batch_size,
-                                      device=resolve_device(params.device)),
-            splits=min(10, params.num_samples)) if finite else (math.nan, math.nan)
-        out.update(inception_score=score, inception_score_std=spread)
+    out = dict(fid_untrained=scorer.fid(scorer.to_images(untrained)),
+               fid_floor=pmetrics.data_fid_floor(scorers.floor, data_dir, n=params.num_samples, seed=params.seed))
+    score = scorer.sample_inception_score(samples, splits=min(10, params.num_samples), batch_size=params.batch_size,
+                                          device=resolve_device(params.device))
+    if score is not None:
+        out.update(inception_score=score[0], inception_score_std=score[1])
     return out
 
 
@@ -446,7 +427,7 @@ def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str
                                        nfe_max=max(sets.nfe), nfe_untrained=float(np.mean(reference.nfe)),
                                        seconds_per_sample=sets.seconds / total)
         if scorers is not None:
-            metrics |= set_metrics(sets.scores)
+            metrics |= pmetrics.per_seed_metrics(sets.scores)
             metrics |= reference_metrics(scorers, sets.first, reference.x, data_dir=data_dir, params=params)
         if "bpd" in plan.metric_keys or "nll" in plan.metric_keys:
             metrics |= likelihood_metrics(model, kind=plan.kind, levels=plan.levels, data_dir=data_dir,
