@@ -144,12 +144,13 @@ def official_config(kwargs: dict[str, Any]) -> dict[str, Any]:
                  embedding_type=kwargs["embedding"], fourier_scale=kwargs["fourier_scale"],
                  init_scale=kwargs["init_scale"], conditional=True, fir=False, resblock_type="biggan",
                  progressive="none", progressive_input="none", scale_by_sigma=False, nonlinearity="swish")
-    data = dict(image_size=kwargs["image_size"], num_channels=kwargs["channels"], centered=True)
+    channels, side, _ = kwargs["data_shape"]
+    data = dict(image_size=side, num_channels=channels, centered=True)
     return dict(data=data, model=model, training=dict(sde="poisson"))
 
 
 def _dims(kwargs: dict[str, Any]) -> int:
-    return int(kwargs["channels"]) * int(kwargs["image_size"]) ** 2
+    return math.prod(int(s) for s in kwargs["data_shape"])
 
 
 def release_spec(name: str, prior: str) -> Spec:
@@ -298,7 +299,7 @@ def check_pfgmpp_release(name: str, net: EDMPrecond, path: Path) -> PfgmppReleas
         raise ImportOfficialError(f"--config: {path} is a PFGM++ snapshot; its --config is one of {known}, or "
                                   f"none (then no params file is written unless --params), got {name!r}")
     release = PFGMPP_RELEASES[name]
-    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    shape = net.data_shape
     if (net.D, shape) != (release.D, release.shape):
         raise ImportOfficialError(f"--checkpoint {path} does not fit --config {name}: it has D={net.D} and "
                                   f"images {list(shape)}, the release D={release.D} and {list(release.shape)}")
@@ -399,7 +400,7 @@ def _read_pfgm(checkpoint: Path, config: str | None, prior: str, M: int | None
     spec = resolve_config(config, prior=prior, M=M)
     info = checkpoint_info(checkpoint)
     net = load_network(checkpoint, spec)
-    return net, spec, info, [net.channels, net.image_size, net.image_size], info["step"]
+    return net, spec, info, list(net.data_shape), info["step"]
 
 
 def _read_pfgmpp(checkpoint: Path, config: str | None, M: int | None
@@ -413,7 +414,7 @@ def _read_pfgmpp(checkpoint: Path, config: str | None, M: int | None
         raise ImportOfficialError(f"--config {config} is a PFGM configuration, but {checkpoint} is a PFGM++ "
                                   f"snapshot (its configuration: {', '.join(PFGMPP_RELEASES)}, or none)")
     spec = pfgmpp_spec(checkpoint, config, net, info)
-    return net, spec, {}, [net.img_channels, net.img_resolution, net.img_resolution], 0
+    return net, spec, {}, list(net.data_shape), 0
 
 
 def import_official(checkpoint: str | os.PathLike, config: str | None, out: str | os.PathLike, *,

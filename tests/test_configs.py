@@ -162,7 +162,7 @@ def test_pfgmpp_config_has_its_D_and_edm_settings(name):
     assert evaluate.champion_metric == "fid_min" and evaluate.quantize == "round"
     side = expected["side"]
     kwargs = network_kwargs(train, manifest_for(params.data.name, side))
-    assert kwargs == {**PFGMPP_NETWORK[params.data.name], "img_resolution": side, "img_channels": 3,
+    assert kwargs == {**PFGMPP_NETWORK[params.data.name], "data_shape": [3, side, side],
                       "pfgmpp": True, "D": PFGMPP[name], "label_dim": 0}
 
 
@@ -234,7 +234,7 @@ def test_pfgmpp_config_builds_the_published_network(name):
     with torch.device("meta"):
         net = EDMPrecond(**kwargs)
     count = sum(p.numel() for p in net.parameters())
-    assert count == songunet_parameters(**kwargs)
+    assert count == songunet_parameters(img_resolution=side, img_channels=3, **kwargs)
     if params.data.name == "ffhq64":
         assert count == FFHQ_DDPMPP_PARAMETERS
         return

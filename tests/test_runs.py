@@ -56,6 +56,11 @@ def test_prior_range_comes_from_M_unless_the_spec_sets_it():
 
 def test_network_kwargs_fill_in_the_data_shape_and_name_bad_keys():
     assert network_kwargs(_spec(), POINTS) == dict(hidden=16, depth=1, embed_dim=8, data_shape=[2])
+    for network in ("FieldConvNet", "NCSNv2Small", "DDPMpp"):  # as EDMPrecond below
+        assert network_kwargs(_spec(network=network, network_kwargs={}), IMAGES) == dict(data_shape=[1, 8, 8])
+    wide = dict(IMAGES, shape=[1, 8, 6])
+    with pytest.raises(RunError, match="network: DDPMpp needs square images"):
+        network_kwargs(_spec(network="DDPMpp", network_kwargs={}), wide)
     cases = {
         r"network_kwargs\.data_shape: filled in from the data": _spec(network_kwargs=dict(data_shape=[3])),
         r"network_kwargs\.widht: not an argument of FieldMLP": _spec(network_kwargs=dict(widht=3)),
@@ -71,13 +76,15 @@ def test_network_kwargs_fill_in_the_data_shape_and_name_bad_keys():
 
 def test_network_kwargs_fill_in_edmprecond_and_check_the_augmentation():
     kwargs = network_kwargs(_edm_spec(), IMAGES)
-    assert kwargs == {**EDM_KWARGS, "img_resolution": 8, "img_channels": 1, "pfgmpp": True, "D": 16,
+    assert kwargs == {**EDM_KWARGS, "data_shape": [1, 8, 8], "pfgmpp": True, "D": 16,
                       "label_dim": 0}
     with torch.device("meta"):
         assert EDMPrecond(**kwargs).D == 16
     cases = {
         r"network: EDMPrecond is a denoiser": _edm_spec(objective="pfgm"),
-        r"network_kwargs\.img_channels: filled in from the data": _edm_spec(
+        r"network_kwargs\.data_shape: filled in from the data": _edm_spec(
+            network_kwargs={**EDM_KWARGS, "data_shape": [3, 8, 8]}),
+        r"network_kwargs\.img_channels: not an argument of EDMPrecond": _edm_spec(
             network_kwargs={**EDM_KWARGS, "img_channels": 3}),
         r"network_kwargs\.D: filled in from D": _edm_spec(network_kwargs={**EDM_KWARGS, "D": 128}),
         r"network_kwargs\.nf: not an argument of EDMPrecond \(known: .*channel_mult": _edm_spec(

@@ -11,6 +11,7 @@ A checkpoint is one `torch.save` of a dict:
                    "generator_device": its device, "cuda": per-device CUDA states or None}
     train_config  JSON string of the TrainConfig, or None; metadata: JSON string (caller's extras)
 No code is pickled: the network is rebuilt as NETWORKS[class](**config), the only lookup by name.
+`load_checkpoint` reads an older network config in today's form (`current_config`).
 """
 from __future__ import annotations
 
@@ -83,7 +84,27 @@ def load_checkpoint(path: str | Path) -> dict:
                          "pfgm.networks.edm.from_official_snapshot)")
     if payload.get("version") != VERSION:
         raise ValueError(f"{path} has checkpoint version {payload.get('version')!r}; this code reads {VERSION}")
+    network = payload.get("network")
+    if isinstance(network, dict) and "config" in network:
+        network["config"] = json.dumps(current_config(network["class"], json.loads(network["config"])))
     return payload
+
+
+#: (channels, side) keys of the square-image networks' configs written before every network took data_shape.
+_LEGACY_SHAPE_KEYS = {"DDPMpp": ("channels", "image_size"), "EDMPrecond": ("img_channels", "img_resolution")}
+
+
+def current_config(name: str, config: dict) -> dict:
+    """A network config in the form today's constructor takes. DDPMpp and EDMPrecond checkpoints written
+    before every network took `data_shape` record a side and a channel count: they are read as
+    data_shape [C, S, S], so models trained or imported then still load."""
+    keys = _LEGACY_SHAPE_KEYS.get(name)
+    if keys is None or keys[1] not in config:
+        return config
+    channels_key, side_key = keys
+    rest = {key: value for key, value in config.items() if key not in keys}
+    side = int(config[side_key])
+    return {"data_shape": [int(config.get(channels_key, 3)), side, side], **rest}
 
 
 def build_network(payload: dict, *, ema: bool = False) -> nn.Module:

@@ -29,6 +29,8 @@ from pfgm.training.losses import PFGMLoss, PFGMppLoss
 LOG_EMBEDDING = {"FieldMLP": "log", "FieldConvNet": "log", "NCSNv2Small": "log", "DDPMpp": "fourier"}
 #: Denoisers: networks that only train PFGM++ (the field networks serve both objectives).
 DENOISERS = ("EDMPrecond",)
+#: Networks of square images only (U-Nets whose levels halve one side).
+SQUARE_IMAGES = ("DDPMpp", "EDMPrecond")
 
 
 class RunError(ValueError):
@@ -77,29 +79,18 @@ class Run:
     hyperparameters: dict[str, float]
 
 
-def _square_images(network: str, manifest: dict) -> list[int]:
+def shape_kwargs(network: str, manifest: dict) -> dict[str, Any]:
+    """The network argument that comes from the data, as every network takes it: data_shape (C, H, W) of
+    images, or (D,) of points (FieldMLP only); square images for DDPMpp and EDMPrecond."""
     shape = [int(s) for s in manifest["shape"]]
-    if manifest["kind"] != "image" or len(shape) != 3 or shape[1] != shape[2]:
+    square = manifest["kind"] == "image" and len(shape) == 3 and shape[1] == shape[2]
+    if network in SQUARE_IMAGES and not square:
         raise RunError("network", f"{network} needs square images; {manifest['name']} holds "
                                   f"{manifest['kind']} of shape {shape}")
-    return shape
-
-
-def shape_kwargs(network: str, manifest: dict) -> dict[str, Any]:
-    """The network arguments that come from the data: data_shape (FieldMLP, FieldConvNet, NCSNv2Small),
-    image_size and channels (DDPMpp), img_resolution and img_channels (EDMPrecond)."""
-    shape = [int(s) for s in manifest["shape"]]
-    if network == "FieldMLP":
-        return {"data_shape": shape}
-    if network in ("FieldConvNet", "NCSNv2Small"):
-        if manifest["kind"] != "image":
-            raise RunError("network", f"{network} needs images; {manifest['name']} holds "
-                                      f"{manifest['kind']} of shape {shape} (use FieldMLP)")
-        return {"data_shape": shape}
-    channels, side, _ = _square_images(network, manifest)
-    if network == "EDMPrecond":
-        return {"img_resolution": side, "img_channels": channels}
-    return {"image_size": side, "channels": channels}
+    if network != "FieldMLP" and manifest["kind"] != "image":
+        raise RunError("network", f"{network} needs images; {manifest['name']} holds "
+                                  f"{manifest['kind']} of shape {shape} (use FieldMLP)")
+    return {"data_shape": shape}
 
 
 def filled_in(spec: RunSpec, manifest: dict) -> dict[str, tuple[Any, str]]:
