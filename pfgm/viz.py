@@ -1,4 +1,4 @@
-"""Pictures: image grids and sample figures, the NFE-FID plot, norm-z curves, and field lines of 2D toys (still and GIF).
+"""Pictures: image grids, sample figures, the NFE-FID plot, norm-z curves, field lines of 2D toys (still, GIF).
 
 Figures are built with matplotlib's object API (`matplotlib.figure.Figure`) and written by the Agg
 renderer, so nothing here touches pyplot's global state or needs a display. Every function takes

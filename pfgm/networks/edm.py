@@ -11,8 +11,8 @@ PFGM++ trains and samples a *denoiser*: `denoiser(x (B, *S), sigma (B,), augment
   results) around EDM's `SongUNet`: same state_dict (`model.` + SongUNet's), forward and attributes, so
   official weights load strictly and give the official outputs. Its constructor takes the data's shape
   as every network here does, `data_shape` (C, R, R), in place of EDM's img_channels and img_resolution;
-  `kwargs_from_official` maps the constructor kwargs an official snapshot records. PFGM++ never enters the network: D only
-  changes the loss's perturbation and the sampler's prior. It is a denoiser as it is.
+  `kwargs_from_official` maps the constructor kwargs an official snapshot records. PFGM++ never enters
+  the network: D only changes the loss's perturbation and the sampler's prior. It is a denoiser as it is.
 - Our PFGM field networks (FieldMLP, FieldConvNet, DDPMpp), which return (B, N + 1) (the data part, then
   a z component), through `precondition(net, x, sigma)` or the module `FieldDenoiser(net)` around it.
   The first N components, reshaped to the data shape S, are EDM's raw output F; the last one is unused
