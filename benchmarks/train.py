@@ -96,7 +96,7 @@ def main() -> None:
 
     digits = dict(shape=(1, 8, 8), small_batch=128, charges=1024, M=261, reps=args.reps, device=device)
     report("digits / FieldMLP", FieldMLP(data_shape=[1, 8, 8], hidden=256, depth=3), **digits)
-    small_unet = DDPMpp(image_size=8, channels=1, nf=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4],
+    small_unet = DDPMpp(data_shape=[1, 8, 8], nf=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4],
                         dropout=0.0)
     report("digits / small DDPM++", small_unet, **digits)
     if not args.skip_cifar:

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +50,7 @@ from flows.params import EvaluateParams, ParamsError, SweepParams, load_sections
 from flows.registry import log_pyfunc, register
 from flows.tracking import configure, evaluate_run_name, log_dataset, resolve_device
 from pfgm import data as pdata
+from pfgm.files import write_json  # noqa: F401 (flows.sweep imports it from here)
 from pfgm import metrics as pmetrics
 from pfgm import likelihood as plik
 from pfgm import zsolvers
@@ -62,6 +61,7 @@ from pfgm.sampling import (HEUN_STEPS, Generated, SamplerSettings, SolveDiverged
 #: The likelihood functions' annotations still say Sampler: the old name of pfgm.sampling.SamplerSettings.
 Sampler = SamplerSettings
 GRID_SAMPLES = 64
+from pfgm.viz import samples_figure as sample_figure  # flows.sweep imports it from here
 
 
 class NonFiniteMetricError(RuntimeError):
@@ -194,11 +194,6 @@ def draw_samples(model: TrainedModel, params: EvaluateParams, sampler: SamplerSe
     return generate(model, params.num_samples, sampler, batch_size=params.batch_size, generator=generator)
 
 
-def to_images(x: torch.Tensor) -> torch.Tensor:
-    """Samples in [-1, 1] -> uint8 images, rounded (pictures); non-finite values mapped into the range."""
-    return pmetrics.quantize(x, "round")
-
-
 def fid_scorer(params: EvaluateParams | SweepParams, features: str, data_dir: str, *,
                split: str | None = None) -> pmetrics.FidScorer:
     """The scorer a section's FID settings describe, against `split` (default: <section>.fid_reference).
@@ -224,26 +219,13 @@ class Scorers:
 def build_scorers(features: str, data_dir: str, params: EvaluateParams) -> Scorers:
     """Scorers for the samples and the floor; one feature network, each reference computed or read once."""
     scorer = fid_scorer(params, features, data_dir)
-    if scorer.split == "test":
-        return Scorers(samples=scorer, floor=scorer)
-    floor = pmetrics.fid_scorer(scorer.extractor, data_dir, split="test", cache_dir=params.stats_cache,
-                                quantize=params.quantize)
-    return Scorers(samples=scorer, floor=floor)
+    return Scorers(samples=scorer, floor=pmetrics.test_split_scorer(scorer, data_dir, cache_dir=params.stats_cache))
 
 
 @task(cache_policy=NO_CACHE)
 def score_set(scorer: pmetrics.FidScorer, samples: torch.Tensor) -> dict[str, float]:
     """fid and kid of one sample set (NaN for a set holding any non-finite value)."""
     return scorer.sample_scores(samples)
-
-
-def set_metrics(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
-    """fid_seed<k>, kid_seed<k>; fid, fid_std, fid_min over the sets; kid their mean."""
-    out = {f"{metric}_seed{seed}": value for seed, scores in per_seed.items() for metric, value in scores.items()}
-    fid = pmetrics.set_statistics([scores["fid"] for scores in per_seed.values()])
-    out.update(fid=fid["mean"], fid_std=fid["std"], fid_min=fid["min"],
-               kid=pmetrics.set_statistics([scores["kid"] for scores in per_seed.values()])["mean"])
-    return out
 
 
 @task(cache_policy=NO_CACHE)
@@ -253,19 +235,13 @@ def reference_metrics(scorers: Scorers, samples: torch.Tensor, untrained: torch.
 
     The floor: num_samples training images (seeded draw) against the test split's statistics.
     """
-    train = pdata.unit_to_images(pdata.load_split(data_dir, "train"))
-    rows = np.random.default_rng(params.seed).choice(len(train), size=min(params.num_samples, len(train)),
-                                                     replace=False)
     scorer = scorers.samples
-    out = dict(fid_untrained=scorer.fid(scorer.to_images(untrained)), fid_floor=scorers.floor.fid(train[np.sort(rows)]))
-    inception = scorer.inception
-    if inception is not None and inception.has_logits:
-        finite = bool(torch.isfinite(samples).all())
-        score, spread = pmetrics.inception_score(
-            pmetrics.inception_logits(scorer.to_images(samples), inception, batch_size=params.batch_size,
-                                      device=resolve_device(params.device)),
-            splits=min(10, params.num_samples)) if finite else (math.nan, math.nan)
-        out.update(inception_score=score, inception_score_std=spread)
+    out = dict(fid_untrained=scorer.fid(scorer.to_images(untrained)),
+               fid_floor=pmetrics.data_fid_floor(scorers.floor, data_dir, n=params.num_samples, seed=params.seed))
+    score = scorer.sample_inception_score(samples, splits=min(10, params.num_samples), batch_size=params.batch_size,
+                                          device=resolve_device(params.device))
+    if score is not None:
+        out.update(inception_score=score[0], inception_score_std=score[1])
     return out
 
 
@@ -322,28 +298,6 @@ def likelihood_metrics(model: TrainedModel, *, kind: str, levels: int | None, da
     return out
 
 
-def sample_figure(x: torch.Tensor, kind: str):
-    """A figure of the first samples: an image grid, or a scatter plot of 2D points.
-
-    Built without pyplot, whose global figure registry is not thread-safe (the sweep draws figures
-    from worker threads); nothing needs closing afterwards.
-    """
-    from matplotlib.figure import Figure
-    from torchvision.utils import make_grid
-
-    fig = Figure(figsize=(4, 4))
-    ax = fig.subplots()
-    if kind == "points":
-        points = x[torch.isfinite(x).all(dim=1)].numpy()
-        ax.scatter(points[:, 0], points[:, 1], s=2)
-        ax.set_aspect("equal")
-        return fig
-    grid = make_grid(to_images(x[:GRID_SAMPLES]), nrow=8, padding=1).permute(1, 2, 0).numpy()
-    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
-    ax.axis("off")
-    return fig
-
-
 def _log_figure(x: torch.Tensor, kind: str, name: str) -> None:
     mlflow.log_figure(sample_figure(x, kind), name)
 
@@ -353,17 +307,6 @@ def require_finite(metrics: dict[str, Any]) -> None:
     bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
     if bad:
         raise NonFiniteMetricError(f"non-finite metrics {bad}: the model or the sampler diverged; not registered")
-
-
-def write_json(path: str | os.PathLike, content: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file beside it, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as f:
-        json.dump(content, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(temporary, path)
 
 
 def _run_tags(model: TrainedModel, plan: Plan) -> dict[str, str]:
@@ -471,7 +414,7 @@ def evaluate(params: EvaluateParams, data_dir: str, model_path: str) -> dict[str
                                        nfe_max=max(sets.nfe), nfe_untrained=float(np.mean(reference.nfe)),
                                        seconds_per_sample=sets.seconds / total)
         if scorers is not None:
-            metrics |= set_metrics(sets.scores)
+            metrics |= pmetrics.per_seed_metrics(sets.scores)
             metrics |= reference_metrics(scorers, sets.first, reference.x, data_dir=data_dir, params=params)
         if "bpd" in plan.metric_keys or "nll" in plan.metric_keys:
             metrics |= likelihood_metrics(model, kind=plan.kind, levels=plan.levels, data_dir=data_dir,

@@ -48,7 +48,6 @@ import json
 import math
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,14 +60,15 @@ from torch import nn
 
 from flows.cli import command_line
 from flows.params import Params, ParamsError
-from flows.train import MODEL, network_kwargs
+from flows.train import MODEL
 from pfgm import data as pdata
 from pfgm.data.store import sha256_file
+from pfgm.files import write_text
 from pfgm.networks.ddpmpp import RELEASED_CONFIGS, from_official, kwargs_from_official
 from pfgm.networks.edm import EDMPrecond, precond_from_snapshot
 from pfgm.networks.official_snapshot import read_official_snapshot
 from pfgm.perturb import prior_range
-from pfgm.training import TrainConfig, create_state, save_checkpoint
+from pfgm.training import RunSpec, TrainConfig, create_state, network_kwargs, save_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PARAMS_FILE = "params.yaml"
@@ -144,12 +144,13 @@ def official_config(kwargs: dict[str, Any]) -> dict[str, Any]:
                  embedding_type=kwargs["embedding"], fourier_scale=kwargs["fourier_scale"],
                  init_scale=kwargs["init_scale"], conditional=True, fir=False, resblock_type="biggan",
                  progressive="none", progressive_input="none", scale_by_sigma=False, nonlinearity="swish")
-    data = dict(image_size=kwargs["image_size"], num_channels=kwargs["channels"], centered=True)
+    channels, side, _ = kwargs["data_shape"]
+    data = dict(image_size=side, num_channels=channels, centered=True)
     return dict(data=data, model=model, training=dict(sde="poisson"))
 
 
 def _dims(kwargs: dict[str, Any]) -> int:
-    return int(kwargs["channels"]) * int(kwargs["image_size"]) ** 2
+    return math.prod(int(s) for s in kwargs["data_shape"])
 
 
 def release_spec(name: str, prior: str) -> Spec:
@@ -298,14 +299,14 @@ def check_pfgmpp_release(name: str, net: EDMPrecond, path: Path) -> PfgmppReleas
         raise ImportOfficialError(f"--config: {path} is a PFGM++ snapshot; its --config is one of {known}, or "
                                   f"none (then no params file is written unless --params), got {name!r}")
     release = PFGMPP_RELEASES[name]
-    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    shape = net.data_shape
     if (net.D, shape) != (release.D, release.shape):
         raise ImportOfficialError(f"--checkpoint {path} does not fit --config {name}: it has D={net.D} and "
                                   f"images {list(shape)}, the release D={release.D} and {list(release.shape)}")
     train = Params.model_validate(yaml.safe_load((CONFIGS / release.params).read_text())).train
     manifest = dict(name=release.data, kind="image", shape=list(release.shape))
     with torch.device("meta"):
-        expected = EDMPrecond(**network_kwargs(train, manifest)).config
+        expected = EDMPrecond(**network_kwargs(RunSpec.from_attributes(train), manifest)).config
     differing = sorted(k for k in expected.keys() | net.config.keys()
                        if k not in TRAINING_ONLY and expected.get(k) != net.config.get(k))
     if differing:
@@ -372,20 +373,6 @@ def params_text(spec: Spec, source: Path, out: Path, data: Path | None) -> str:
     return header + yaml.safe_dump(raw, sort_keys=False)
 
 
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_model(net: nn.Module, path: Path, metadata: dict[str, Any], step: int) -> Path:
     """Our checkpoint of `net`: model and EMA both hold the official EMA weights; Adam is fresh (the
     file is for sampling; the raw weights and optimiser state of the official run are not carried)."""
@@ -413,7 +400,7 @@ def _read_pfgm(checkpoint: Path, config: str | None, prior: str, M: int | None
     spec = resolve_config(config, prior=prior, M=M)
     info = checkpoint_info(checkpoint)
     net = load_network(checkpoint, spec)
-    return net, spec, info, [net.channels, net.image_size, net.image_size], info["step"]
+    return net, spec, info, list(net.data_shape), info["step"]
 
 
 def _read_pfgmpp(checkpoint: Path, config: str | None, M: int | None
@@ -427,7 +414,7 @@ def _read_pfgmpp(checkpoint: Path, config: str | None, M: int | None
         raise ImportOfficialError(f"--config {config} is a PFGM configuration, but {checkpoint} is a PFGM++ "
                                   f"snapshot (its configuration: {', '.join(PFGMPP_RELEASES)}, or none)")
     spec = pfgmpp_spec(checkpoint, config, net, info)
-    return net, spec, {}, [net.img_channels, net.img_resolution, net.img_resolution], 0
+    return net, spec, {}, list(net.data_shape), 0
 
 
 def import_official(checkpoint: str | os.PathLike, config: str | None, out: str | os.PathLike, *,
@@ -458,7 +445,7 @@ def import_official(checkpoint: str | os.PathLike, config: str | None, out: str 
                     official=dict(checkpoint=str(checkpoint.resolve()), sha256=sha256_file(checkpoint),
                                   config=spec.name, **info, **spec.official))
     model = write_model(net, out / MODEL, metadata, step)
-    written = write_text_atomically(out / PARAMS_FILE, text) if text is not None else None
+    written = write_text(out / PARAMS_FILE, text) if text is not None else None
     return dict(model=str(model), params=None if written is None else str(written), objective=objective,
                 hyperparameters=spec.hyperparameters, data=metadata["data"], step=step)
 

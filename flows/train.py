@@ -26,10 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import inspect
 import json
-import math
-import os
 import sys
 import tempfile
 import time
@@ -51,12 +48,10 @@ from flows.common import MODEL_FILE
 from flows.params import DataParams, ParamsError, TrainParams, load_section, params_parser
 from flows.tracking import configure, log_dataset, resolve_device, train_run_name
 from pfgm import data as pdata
-from pfgm import training
-from pfgm.networks.edm import precond_kwargs
-from pfgm.perturb import hyperparameters as data_hyperparameters, prior_range
+from pfgm import training, viz
+from pfgm.files import atomic_write
 from pfgm.sampling import TrainedModel, preview_settings, sampler_for
-from pfgm.training import NETWORKS, DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, TrainState
-from pfgm.training.augment import EDM_CIFAR10_KWARGS, AugmentPipe
+from pfgm.training import DivergenceError, PFGMLoss, PFGMppLoss, RunError, RunSpec, TrainConfig, TrainState
 
 MODEL = MODEL_FILE
 METRICS = ("loss", "grad_norm", "images_per_s", "lr")
@@ -64,10 +59,6 @@ WATERMARK = "pfgm.logged_through"  # tag: the last step whose metrics the run ho
 RESUMED = "pfgm.resumed_from"  # tag: the checkpoint steps the run was resumed from, comma-separated
 STEPS_PER_BATCH = 200  # 4 metrics + 1 tag per step stays under MLflow's 1000 entities per log_batch
 SAMPLE_IMAGES, SAMPLE_POINTS = 16, 512
-# Embeddings of ln(scalar): PFGM++ conditions on c_noise = ln(sigma)/4, which is often <= 0.
-LOG_EMBEDDING = {"FieldMLP": "log", "FieldConvNet": "log", "NCSNv2Small": "log", "DDPMpp": "fourier"}
-#: Denoisers: networks that only train PFGM++ (the field networks serve both objectives).
-DENOISERS = ("EDMPrecond",)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -77,109 +68,6 @@ def _invalid(key: str, message: str) -> ParamsError:
     return ParamsError(f"invalid params: {key}: {message}")
 
 
-def _square_images(network: str, manifest: dict) -> list[int]:
-    shape = [int(s) for s in manifest["shape"]]
-    if manifest["kind"] != "image" or len(shape) != 3 or shape[1] != shape[2]:
-        raise _invalid("train.network", f"{network} needs square images; {manifest['name']} holds "
-                                        f"{manifest['kind']} of shape {shape}")
-    return shape
-
-
-def _shape_kwargs(network: str, manifest: dict) -> dict[str, Any]:
-    """The network arguments that come from the data: data_shape (FieldMLP, FieldConvNet, NCSNv2Small),
-    image_size and channels (DDPMpp), img_resolution and img_channels (EDMPrecond)."""
-    shape = [int(s) for s in manifest["shape"]]
-    if network == "FieldMLP":
-        return {"data_shape": shape}
-    if network in ("FieldConvNet", "NCSNv2Small"):
-        if manifest["kind"] != "image":
-            raise _invalid("train.network", f"{network} needs images; {manifest['name']} holds "
-                                            f"{manifest['kind']} of shape {shape} (use FieldMLP)")
-        return {"data_shape": shape}
-    channels, side, _ = _square_images(network, manifest)
-    if network == "EDMPrecond":
-        return {"img_resolution": side, "img_channels": channels}
-    return {"image_size": side, "channels": channels}
-
-
-def _filled_in(params: TrainParams, manifest: dict) -> dict[str, tuple[Any, str]]:
-    """Arguments the flow sets itself: {name: (value, where it comes from)}."""
-    data = f"from the data ({manifest['name']})"
-    filled = {key: (value, data) for key, value in _shape_kwargs(params.network, manifest).items()}
-    if params.network == "EDMPrecond":
-        # Recorded by EDMPrecond as Newbeeer/pfgmpp's does (its generate.py checks net.D); the loss uses train.D.
-        filled["pfgmpp"] = (True, "from train.objective")
-        filled["D"] = (params.D, "from train.D")
-        filled["label_dim"] = (0, "0: the pipeline trains unconditionally")
-    return filled
-
-
-def _accepted(network: str, kwargs: dict[str, Any]) -> set[str]:
-    """Keyword names the network class takes (EDMPrecond: its own and its backbone's)."""
-    if network == "EDMPrecond":
-        model_type = kwargs.get("model_type", "SongUNet")
-        try:
-            return set(precond_kwargs(model_type))
-        except KeyError:
-            raise _invalid("train.network_kwargs.model_type", f"unknown backbone {model_type!r}") from None
-    return set(inspect.signature(NETWORKS[network]).parameters)
-
-
-def network_kwargs(params: TrainParams, manifest: dict) -> dict[str, Any]:
-    """train.network_kwargs plus what the flow fills in (the data's shape; for EDMPrecond also pfgmpp, D
-    and label_dim), each key checked against the network's signature."""
-    if params.network in DENOISERS and params.objective != "pfgmpp":
-        raise _invalid("train.network", f"{params.network} is a denoiser: it trains objective pfgmpp only "
-                                        "(pfgm needs a field network: FieldMLP, FieldConvNet, DDPMpp)")
-    filled = _filled_in(params, manifest)
-    accepted = _accepted(params.network, params.network_kwargs) - set(filled)
-    for key in params.network_kwargs:
-        if key in filled:
-            raise _invalid(f"train.network_kwargs.{key}", f"filled in {filled[key][1]}; remove it")
-        if key not in accepted:
-            raise _invalid(f"train.network_kwargs.{key}",
-                           f"not an argument of {params.network} (known: {', '.join(sorted(accepted))})")
-    kwargs = {**params.network_kwargs, **{key: value for key, (value, _) in filled.items()}}
-    if params.objective == "pfgmpp" and "embedding" in kwargs and kwargs["embedding"] == LOG_EMBEDDING.get(
-            params.network):
-        raise _invalid("train.network_kwargs.embedding",
-                       f"{kwargs['embedding']!r} embeds a logarithm, but pfgmpp conditions the network on "
-                       "ln(sigma)/4, which can be <= 0; use 'positional'")
-    check_augment(params)
-    return kwargs
-
-
-def augment_pipe(params: TrainParams) -> AugmentPipe | None:
-    """EDM's augmentation with probability train.augment and EDM's CIFAR-10 transforms, or None at 0."""
-    return AugmentPipe(p=params.augment, **EDM_CIFAR10_KWARGS) if params.augment > 0 else None
-
-
-def check_augment(params: TrainParams) -> None:
-    """train.augment needs objective pfgmpp and an EDMPrecond conditioning on exactly its labels; an
-    EDMPrecond with augment_dim > 0 needs augmentation (EDM sets one with the other)."""
-    pipe = augment_pipe(params)
-    if pipe is not None and (params.objective != "pfgmpp" or params.network != "EDMPrecond"):
-        raise _invalid("train.augment", "EDM's augmentation trains the pfgmpp objective with network EDMPrecond "
-                                        f"(got objective {params.objective}, network {params.network}); set 0")
-    if params.network != "EDMPrecond":
-        return
-    wanted = pipe.augment_dim if pipe is not None else 0
-    got = params.network_kwargs.get("augment_dim", 0)
-    if got != wanted:
-        why = (f"train.augment {params.augment} produces {wanted} labels per image ({', '.join(pipe.label_names)})"
-               if pipe is not None else "train.augment is 0: there are no augmentation labels to condition on")
-        raise _invalid("train.network_kwargs.augment_dim", f"must be {wanted}, got {got}: {why}")
-
-
-def build_network(params: TrainParams, manifest: dict) -> nn.Module:
-    """The network named by train.network, built from network_kwargs(params, manifest)."""
-    kwargs = network_kwargs(params, manifest)
-    try:
-        return NETWORKS[params.network](**kwargs)
-    except (TypeError, ValueError) as err:
-        raise _invalid("train.network_kwargs", f"{params.network}: {err}") from None
-
-
 def train_config(params: TrainParams) -> TrainConfig:
     """TrainConfig from the train section, key for key."""
     values = {field.name: getattr(params, field.name) for field in dataclasses.fields(TrainConfig)}
@@ -187,47 +75,6 @@ def train_config(params: TrainParams) -> TrainConfig:
         return TrainConfig(**{**values, "betas": tuple(values["betas"])})
     except ValueError as err:  # its messages already name the key: "train.lr must be ..."
         raise ParamsError(f"invalid params: {err}") from None
-
-
-def run_hyperparameters(charges: Tensor, params: TrainParams) -> dict[str, float]:
-    """M, z_max, upper_norm of the data (charges (B, *S)); gamma (pfgm) or D (pfgmpp).
-
-    M from train.M when given, else from the data; z_max and upper_norm from train.z_max and
-    train.upper_norm when given (the released configs sample with rounded values), else implied by M.
-    """
-    try:
-        hp = data_hyperparameters(charges, sigma=params.sigma, tau=params.tau)
-    except ValueError as err:
-        raise _invalid("train.sigma", str(err)) from None
-    if params.M is not None:
-        dims = math.prod(charges.shape[1:])
-        hp = dict(M=params.M, **prior_range(params.M, dims, sigma=params.sigma, tau=params.tau))
-    for key in ("z_max", "upper_norm"):
-        if getattr(params, key) is not None:
-            hp[key] = getattr(params, key)
-    if params.objective == "pfgmpp":
-        hp["D"] = params.D
-    else:
-        hp["gamma"] = params.gamma  # the field's normalisation: a sampler's exact v_z (z_exp) needs it
-    return hp
-
-
-def build_loss(params: TrainParams, hp: dict) -> PFGMLoss | PFGMppLoss:
-    """PFGMLoss (objective pfgm) or PFGMppLoss (pfgmpp) with the section's settings."""
-    if params.objective == "pfgmpp":
-        return PFGMppLoss(D=params.D, augment=augment_pipe(params))
-    return PFGMLoss(M=hp["M"], sigma=params.sigma, tau=params.tau, gamma=params.gamma,
-                    restrict_M=params.restrict_M, small_batch=params.small_batch, reduce=params.reduce)
-
-
-def check_data(params: TrainParams, manifest: dict) -> None:
-    """Settings that only fail against the data: a batch larger than the split, flips of points."""
-    rows = manifest["counts"]["train"]
-    if params.batch_size > rows:
-        raise _invalid("train.batch_size", f"{params.batch_size} exceeds the {rows} training rows of "
-                                           f"{manifest['name']}")
-    if params.flip and manifest["kind"] != "image":
-        raise _invalid("train.flip", f"flips need image data; {manifest['name']} holds {manifest['kind']}")
 
 
 def fingerprint(params: TrainParams, data_sha256: str) -> str:
@@ -267,17 +114,18 @@ def setup(params: TrainParams, charges: Tensor, manifest: dict) -> Setup:
     except (RuntimeError, ValueError) as err:
         raise _invalid("train.device", str(err)) from None
     config = train_config(params)
-    check_data(params, manifest)
-    hp = run_hyperparameters(charges, params)
-    torch.manual_seed(params.seed)  # network initialisation (and later dropout) draw from it
-    net = build_network(params, manifest)
+    try:
+        training.check_data(params.batch_size, params.flip, manifest)
+        run = training.build_run(RunSpec.from_attributes(params), charges, manifest, seed=params.seed)
+    except RunError as err:
+        raise _invalid(f"train.{err.key}", err.message) from None
     data_sha256 = manifest["files"]["train.npy"]
-    metadata = dict(hyperparameters=hp, objective=params.objective,
+    metadata = dict(hyperparameters=run.hyperparameters, objective=params.objective,
                     data=dict(name=manifest["name"], sha256=data_sha256, kind=manifest["kind"],
                               shape=list(manifest["shape"])),
                     fingerprint=fingerprint(params, data_sha256))
-    return Setup(net=net, config=config, loss_fn=build_loss(params, hp), hyperparameters=hp, device=device,
-                 metadata=metadata)
+    return Setup(net=run.net, config=config, loss_fn=run.loss_fn, hyperparameters=run.hyperparameters,
+                 device=device, metadata=metadata)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -376,30 +224,6 @@ def ema_samples(net: nn.Module, hp: dict, objective: str, shape: tuple[int, ...]
     return sampler.solve(sampler.prior(n, generator)).samples
 
 
-def write_samples(samples: Tensor, kind: str, path: Path) -> Path:
-    """A PNG of samples: an image grid (images (n, C, H, W) in [-1, 1]) or a scatter plot (points (n, D))."""
-    samples = samples.detach().float().cpu()
-    if kind == "image":
-        from torchvision.utils import make_grid, save_image
-
-        images = ((samples + 1) / 2).clamp(0, 1)
-        scale = max(1, 32 // images.shape[-1])  # 8x8 digits would be specks
-        images = torch.nn.functional.interpolate(images, scale_factor=scale, mode="nearest")
-        save_image(make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=1), path)
-        return path
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg explicitly: no display, no pyplot
-    from matplotlib.figure import Figure
-
-    points = samples.reshape(len(samples), -1).numpy()
-    figure = Figure(figsize=(4, 4))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    axes.scatter(points[:, 0], points[:, 1 if points.shape[1] > 1 else 0], s=2)
-    axes.set_aspect("equal", adjustable="datalim")
-    figure.savefig(path, dpi=100)
-    return path
-
-
 # ---------------------------------------------------------------------------------------------------
 # The MLflow side of one training run.
 
@@ -453,7 +277,7 @@ class RunTracker:
     def log_samples(self, step: int) -> None:
         """Log a PNG of EMA samples as samples/step_<step>.png."""
         with tempfile.TemporaryDirectory() as folder:
-            path = write_samples(self.sampler(), self.kind, Path(folder) / f"step_{step:08d}.png")
+            path = viz.save_samples(self.sampler(), self.kind, Path(folder) / f"step_{step:08d}.png")
             self.client.log_artifact(self.run_id, str(path), "samples")
         self.sampled_at = step
 
@@ -465,13 +289,10 @@ def write_history(client: MlflowClient, run_id: str, path: Path) -> Path:
     for key in METRICS:
         for metric in client.get_metric_history(run_id, key):
             rows.setdefault(metric.step, {"step": metric.step})[key] = metric.value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as file:
+    with atomic_write(path, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=["step", *METRICS])
         writer.writeheader()
         writer.writerows(rows[step] for step in sorted(rows))
-    os.replace(temporary, path)
     return path
 
 

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from torch import Tensor
 
 from pfgm import data as pdata
 from pfgm.data.store import SPLITS
+from pfgm.files import atomic_write
 from pfgm.inception import (  # noqa: F401  (re-exported: the metrics' Inception API in one place)
     INCEPTION_FILE,
     INCEPTION_SHA256,
@@ -134,10 +134,15 @@ def fid_floor(train_features: np.ndarray, test_features: np.ndarray, *, n: int |
     small n, so pass the number of generated samples as `n` to compare like with like.
     """
     train_features = np.asarray(train_features)
-    if n is not None and n < len(train_features):
-        rows = np.random.default_rng(seed).choice(len(train_features), size=n, replace=False)
-        train_features = train_features[np.sort(rows)]
-    return fid_from_features(train_features, test_features)
+    return fid_from_features(train_features[seeded_rows(len(train_features), n, seed)], test_features)
+
+
+def seeded_rows(count: int, n: int | None, seed: int) -> np.ndarray:
+    """Indices (in order) of `n` of `count` rows drawn without replacement by `seed`; all rows when n is
+    None or not smaller than count. The floor's draw: the same seed picks the same images."""
+    if n is None or n >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=n, replace=False))
 
 
 def inception_score(logits: np.ndarray | Tensor, *, splits: int = 10) -> tuple[float, float]:
@@ -163,6 +168,16 @@ def set_statistics(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
     std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
     return dict(mean=float(array.mean()), std=std, min=float(array.min()))
+
+
+def per_seed_metrics(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
+    """The scores of several sample sets, {seed: {fid, kid}} -> fid_seed<k>, kid_seed<k> for each set;
+    fid, fid_std, fid_min over the sets; kid their mean."""
+    out = {f"{metric}_seed{seed}": value for seed, scores in per_seed.items() for metric, value in scores.items()}
+    fid = set_statistics([scores["fid"] for scores in per_seed.values()])
+    out.update(fid=fid["mean"], fid_std=fid["std"], fid_min=fid["min"],
+               kid=set_statistics([scores["kid"] for scores in per_seed.values()])["mean"])
+    return out
 
 
 # --- samples to images -----------------------------------------------------------------------------
@@ -325,19 +340,11 @@ def cache_file(cache_dir: str | os.PathLike, fields: dict[str, Any]) -> Path:
 
 
 def _write_cache(path: Path, key: str, fields: dict[str, Any], features: np.ndarray, stats: FeatureStats) -> None:
-    """Write the npz beside its place and rename it there: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
-    try:
-        with open(partial, "wb") as f:
-            np.savez(f, mu=stats.mu, sigma=stats.sigma, features=features, count=np.int64(stats.count),
-                     key=np.str_(key), fields=np.str_(json.dumps(fields, sort_keys=True)),
-                     digest=np.str_(_content_digest(stats.mu, stats.sigma, features)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    """Write the npz atomically (pfgm.files): readers never see a partial file."""
+    with atomic_write(path, "wb") as f:
+        np.savez(f, mu=stats.mu, sigma=stats.sigma, features=features, count=np.int64(stats.count),
+                 key=np.str_(key), fields=np.str_(json.dumps(fields, sort_keys=True)),
+                 digest=np.str_(_content_digest(stats.mu, stats.sigma, features)))
 
 
 def _read_cache(path: Path, key: str) -> ReferenceFeatures | None:
@@ -430,6 +437,17 @@ class FidScorer:
         """FID of samples (n, *S) in [-1, 1]; NaN when any value is non-finite."""
         return self.fid(self.to_images(samples)) if bool(torch.isfinite(samples).all()) else math.nan
 
+    def sample_inception_score(self, samples: Tensor, *, splits: int = 10, batch_size: int = 128,
+                               device: torch.device | str = "cpu") -> tuple[float, float] | None:
+        """Inception Score (mean, std over `splits`) of samples (n, *S) in [-1, 1]: None when the feature
+        network has no class logits (the digits CNN, pytorch-fid's Inception), NaN for non-finite samples."""
+        if self.inception is None or not self.inception.has_logits:
+            return None
+        if not bool(torch.isfinite(samples).all()):
+            return math.nan, math.nan
+        logits = inception_logits(self.to_images(samples), self.inception, batch_size=batch_size, device=device)
+        return inception_score(logits, splits=splits)
+
 
 def fid_scorer(extractor: FeatureExtractor, data_dir: str | os.PathLike, *, split: str = "test",
                cache_dir: str | os.PathLike | None = None, quantize: str = "round") -> FidScorer:
@@ -438,3 +456,20 @@ def fid_scorer(extractor: FeatureExtractor, data_dir: str | os.PathLike, *, spli
         raise ValueError(f"unknown quantisation {quantize!r}; one of {', '.join(QUANTIZE_METHODS)}")
     reference = reference_features(data_dir, split, extractor, cache_dir=cache_dir)
     return FidScorer(extractor=extractor, reference=reference, split=split, quantize=quantize)
+
+
+def test_split_scorer(scorer: FidScorer, data_dir: str | os.PathLike, *,
+                      cache_dir: str | os.PathLike | None = None) -> FidScorer:
+    """A scorer against <data_dir>'s test split with `scorer`'s feature network and quantisation: `scorer`
+    itself when it already compares with the test split (one feature network, each reference read once)."""
+    if scorer.split == "test":
+        return scorer
+    return fid_scorer(scorer.extractor, data_dir, split="test", cache_dir=cache_dir, quantize=scorer.quantize)
+
+
+def data_fid_floor(test_scorer: FidScorer, data_dir: str | os.PathLike, *, n: int, seed: int = 0) -> float:
+    """The data's own FID: `n` images of <data_dir>'s train split (seeded draw, `seeded_rows`) against the
+    test split's reference of `test_scorer`. Pass the number of samples scored as `n`: FID is biased
+    upwards at small n, so like is compared with like."""
+    train = pdata.unit_to_images(pdata.load_split(data_dir, "train"))
+    return test_scorer.fid(train[seeded_rows(len(train), n, seed)])

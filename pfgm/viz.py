@@ -1,4 +1,4 @@
-"""Report pictures: image grids, the NFE-FID plot, norm-z curves, and field lines of 2D toys (still and GIF).
+"""Pictures: image grids, sample figures, the NFE-FID plot, norm-z curves, field lines of 2D toys (still, GIF).
 
 Figures are built with matplotlib's object API (`matplotlib.figure.Figure`) and written by the Agg
 renderer, so nothing here touches pyplot's global state or needs a display. Every function takes
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from matplotlib.animation import PillowWriter
 from matplotlib.figure import Figure
+from PIL import Image
 
 if TYPE_CHECKING:
     from pfgm.diagnostics import NormCurve
@@ -46,10 +47,10 @@ def tile(rows: np.ndarray, padding: int = 1, fill: int = 255) -> np.ndarray:
     return out
 
 
-def _save(fig: Figure, path: PathLike, dpi: int = 100) -> Path:
+def _save(fig: Figure, path: PathLike, dpi: int = 100, bbox_inches: str | None = "tight") -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches=bbox_inches)
     return path
 
 
@@ -60,12 +61,23 @@ def _show(ax, picture: np.ndarray) -> None:
         ax.imshow(picture, interpolation="nearest")
 
 
+def image_grid(images: torch.Tensor, *, columns: int = 8, padding: int = 1, fill: int = 255,
+               scale: int = 1) -> np.ndarray:
+    """Images (n, C, H, W) in [-1, 1] -> one uint8 picture (H', W', C), `columns` per row.
+
+    The last row is padded with blank cells of `fill`; `scale` repeats each pixel (nearest-neighbour
+    enlargement) before tiling, so the padding stays `padding` pixels wide.
+    """
+    pixels = to_uint8(images).repeat(scale, axis=-2).repeat(scale, axis=-1)
+    n_rows = math.ceil(len(pixels) / columns)
+    blank = np.full((n_rows * columns - len(pixels), *pixels.shape[1:]), fill, dtype=np.uint8)
+    return tile(np.concatenate([pixels, blank]).reshape(n_rows, columns, *pixels.shape[1:]), padding, fill)
+
+
 def save_image_grid(images: torch.Tensor, path: PathLike, *, columns: int = 8, title: str | None = None) -> Path:
     """A grid of images (n, C, H, W) in [-1, 1], `columns` per row (the last row padded blank)."""
-    pixels = to_uint8(images)
-    n_rows = math.ceil(len(pixels) / columns)
-    blank = np.full((n_rows * columns - len(pixels), *pixels.shape[1:]), 255, dtype=np.uint8)
-    picture = tile(np.concatenate([pixels, blank]).reshape(n_rows, columns, *pixels.shape[1:]))
+    picture = image_grid(images, columns=columns)
+    n_rows = math.ceil(len(images) / columns)
     fig = Figure(figsize=(columns * 0.6 + 0.4, n_rows * 0.6 + 0.6))
     ax = fig.add_subplot()
     _show(ax, picture)
@@ -73,6 +85,40 @@ def save_image_grid(images: torch.Tensor, path: PathLike, *, columns: int = 8, t
     if title:
         ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def _scatter(ax, points: torch.Tensor) -> None:
+    """2D points (n, D) as dots: the first two coordinates (one, twice, for D = 1); non-finite rows dropped."""
+    points = points.detach().float().cpu().reshape(len(points), -1)
+    points = points[torch.isfinite(points).all(dim=1)].numpy()
+    ax.scatter(points[:, 0], points[:, 1 if points.shape[1] > 1 else 0], s=2)
+    ax.set_aspect("equal", adjustable="datalim")
+
+
+def samples_figure(samples: torch.Tensor, kind: str, *, max_images: int = 64, columns: int = 8) -> Figure:
+    """A figure of samples: the first `max_images` images (n, C, H, W) in [-1, 1] as a grid on black, or a
+    scatter plot of points (n, D) when `kind` is "points". Nothing needs closing afterwards."""
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    if kind == "points":
+        _scatter(ax, samples)
+        return fig
+    _show(ax, image_grid(samples[:max_images], columns=columns, fill=0))
+    ax.axis("off")
+    return fig
+
+
+def save_samples(samples: torch.Tensor, kind: str, path: PathLike) -> Path:
+    """A PNG of samples: images (n, C, H, W) in [-1, 1] pixel for pixel in a square-ish grid (enlarged to
+    at least 32 pixels a side: 8x8 digits would be specks), or points (n, D) as a scatter plot."""
+    if kind == "points":
+        return _save(samples_figure(samples, kind), path, bbox_inches=None)
+    picture = image_grid(samples, columns=math.ceil(math.sqrt(len(samples))), fill=0,
+                         scale=max(1, 32 // samples.shape[-1]))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(path)
+    return path
 
 
 def save_image_rows(rows: torch.Tensor, path: PathLike, *, column_labels: Sequence[str] | None = None,

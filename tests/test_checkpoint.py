@@ -35,7 +35,7 @@ def _mlp():
 
 def _unet_with_dropout():
     """Dropout draws from the global CPU RNG, which the checkpoint must restore too."""
-    return DDPMpp(image_size=4, channels=1, nf=8, ch_mult=[1], num_res_blocks=1, attn_resolutions=[], dropout=0.5)
+    return DDPMpp(data_shape=[1, 4, 4], nf=8, ch_mult=[1], num_res_blocks=1, attn_resolutions=[], dropout=0.5)
 
 
 def _fresh_state(config=CONFIG, make_net=_mlp):
@@ -67,13 +67,30 @@ def test_checkpoint_contents_load_with_weights_only(tmp_path, images):
 
 
 def test_ddpmpp_round_trips(tmp_path):
-    net = DDPMpp(image_size=8, channels=1, nf=8, ch_mult=[1], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+    net = DDPMpp(data_shape=[1, 8, 8], nf=8, ch_mult=[1], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
     state = create_state(net, TrainConfig(steps=1), torch.Generator())
     payload = load_checkpoint(save_checkpoint(tmp_path / "d.pt", state))
     rebuilt = build_network(payload)
     assert isinstance(rebuilt, DDPMpp) and rebuilt.config == net.config
     x, z = torch.randn(2, 1, 8, 8), torch.rand(2)
     assert torch.equal(rebuilt(x, z), net(x, z))
+
+
+@pytest.mark.parametrize("legacy_keys", [("channels", "image_size"), ("img_channels", "img_resolution")])
+def test_a_checkpoint_from_before_data_shape_still_loads(tmp_path, legacy_keys):
+    net = (DDPMpp(data_shape=[1, 8, 8], nf=8, ch_mult=[1], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+           if legacy_keys[0] == "channels" else _edm_with_dropout())
+    path = save_checkpoint(tmp_path / "old.pt", create_state(net, TrainConfig(steps=1), torch.Generator()))
+    raw = torch.load(path, weights_only=True)
+    channels, side, _ = net.config["data_shape"]
+    legacy = {legacy_keys[1]: side, legacy_keys[0]: channels,
+              **{k: v for k, v in net.config.items() if k != "data_shape"}}
+    raw["network"]["config"] = json.dumps(legacy)  # what the format held before every network took data_shape
+    torch.save(raw, path)
+    payload = load_checkpoint(path)
+    assert json.loads(payload["network"]["config"]) == net.config
+    rebuilt = build_network(payload)
+    assert rebuilt.config == net.config and rebuilt.data_shape == net.data_shape
 
 
 @pytest.mark.parametrize("make_net", [_mlp, _unet_with_dropout])
@@ -98,7 +115,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, images, 
 
 def _edm_with_dropout():
     """A tiny EDMPrecond conditioning on EDM's 9 augmentation labels, with dropout (global RNG)."""
-    return EDMPrecond(img_resolution=4, img_channels=1, model_channels=8, channel_mult=[1, 2], num_blocks=1,
+    return EDMPrecond(data_shape=[1, 4, 4], model_channels=8, channel_mult=[1, 2], num_blocks=1,
                       attn_resolutions=[2], dropout=0.3, augment_dim=9, pfgmpp=True, D=8)
 
 

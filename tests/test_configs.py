@@ -15,13 +15,18 @@ import pytest
 import torch
 
 from flows.params import load_params
-from flows.train import network_kwargs
 from official import EDM_REFERENCE, REFERENCE, read_edm_tsv, read_tsv
 from pfgm.networks.edm import EDMPrecond
 from pfgm.networks.ddpmpp import RELEASED_CONFIGS, DDPMpp, to_official_state_dict
+from pfgm.training import RunSpec, network_kwargs as spec_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
+
+
+def network_kwargs(train, manifest: dict) -> dict:
+    """The network arguments the train stage builds from a params section and the data's manifest."""
+    return spec_kwargs(RunSpec.from_attributes(train), manifest)
 
 # One entry per PFGM DDPM++ configuration. Sources:
 #   batch_size / small_batch: section 1 (charges 4096, 512, 32; small batch 128, 128, 32);
@@ -157,7 +162,7 @@ def test_pfgmpp_config_has_its_D_and_edm_settings(name):
     assert evaluate.champion_metric == "fid_min" and evaluate.quantize == "round"
     side = expected["side"]
     kwargs = network_kwargs(train, manifest_for(params.data.name, side))
-    assert kwargs == {**PFGMPP_NETWORK[params.data.name], "img_resolution": side, "img_channels": 3,
+    assert kwargs == {**PFGMPP_NETWORK[params.data.name], "data_shape": [3, side, side],
                       "pfgmpp": True, "D": PFGMPP[name], "label_dim": 0}
 
 
@@ -229,7 +234,7 @@ def test_pfgmpp_config_builds_the_published_network(name):
     with torch.device("meta"):
         net = EDMPrecond(**kwargs)
     count = sum(p.numel() for p in net.parameters())
-    assert count == songunet_parameters(**kwargs)
+    assert count == songunet_parameters(img_resolution=side, img_channels=3, **kwargs)
     if params.data.name == "ffhq64":
         assert count == FFHQ_DDPMPP_PARAMETERS
         return

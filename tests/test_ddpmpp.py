@@ -27,7 +27,7 @@ TSVS = {
     "celeba64": "celeba64_ddpmpp_state_dict.tsv",
     "bedroom256": "bedroom_ddpmpp_state_dict.tsv",
 }
-TINY = dict(image_size=8, channels=3, nf=16, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0)
+TINY = dict(data_shape=[3, 8, 8], nf=16, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[4], dropout=0.0)
 
 
 @pytest.fixture(scope="module")

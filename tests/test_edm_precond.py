@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from pfgm.networks.edm import EDMPrecond, edm_coefficients
+from pfgm.networks.edm import EDMPrecond, edm_coefficients, kwargs_from_official
 from pfgm.networks.songunet import SongUNet
 
-TINY = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1, 2], num_blocks=1,
+TINY = dict(data_shape=[3, 8, 8], model_channels=8, channel_mult=[1, 2], num_blocks=1,
             attn_resolutions=[4], dropout=0.0)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -61,13 +61,26 @@ def test_config_rebuilds_an_identical_network():
     config = json.loads(json.dumps(original.config))  # our checkpoint stores it as a JSON string
     assert config == original.config and config["sigma_max"] == float("inf") and config["D"] == 2048
     assert set(SongUNet(img_resolution=8, in_channels=1, out_channels=1).config) - set(config) == {
-        "in_channels", "out_channels"}  # every backbone argument is recorded (EDMPrecond sets these two)
+        "img_resolution", "in_channels", "out_channels"}  # every backbone argument is recorded (EDMPrecond
+    # sets these three from data_shape)
     torch.manual_seed(3)
     rebuilt = EDMPrecond(**config)
     assert rebuilt.config == original.config
     a, b = original.state_dict(), rebuilt.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     assert (rebuilt.D, rebuilt.pfgmpp, rebuilt.N, rebuilt.sigma_data) == (2048, True, 3 * 8 * 8, 0.6)
+
+
+def test_official_kwargs_map_to_data_shape_and_edms_attributes_stay():
+    official = dict(img_resolution=8, img_channels=3, label_dim=0, model_channels=8, channel_mult=[1, 2])
+    kwargs = kwargs_from_official(official)
+    assert kwargs == dict(data_shape=[3, 8, 8], label_dim=0, model_channels=8, channel_mult=[1, 2])
+    net = EDMPrecond(**kwargs, num_blocks=1, attn_resolutions=[4])
+    assert (net.img_channels, net.img_resolution, net.data_shape) == (3, 8, (3, 8, 8))
+    with pytest.raises(ValueError, match="img_channels"):
+        kwargs_from_official(dict(img_resolution=8))
+    with pytest.raises(ValueError, match="square images"):
+        EDMPrecond(data_shape=[3, 8, 4])
 
 
 def test_pfgmpp_and_D_do_not_change_the_network():

@@ -132,7 +132,7 @@ def test_pfgmpp_loss_ignores_the_z_component():
 # ---------------------------------------------------------------------------------------------------------
 # The denoiser contract: EDMPrecond as it is, field networks through FieldDenoiser; EDM's augmentation
 
-TINY_EDM = dict(img_resolution=8, img_channels=3, model_channels=8, channel_mult=[1, 2], num_blocks=1,
+TINY_EDM = dict(data_shape=[3, 8, 8], model_channels=8, channel_mult=[1, 2], num_blocks=1,
                 attn_resolutions=[4], dropout=0.0)
 
 

@@ -88,6 +88,15 @@ def test_inception_plumbing_through_cleanfid(tmp_path):
     assert logits.shape == (4, 1008)
     score, _ = metrics.inception_score(logits, splits=2)
     assert math.isfinite(score) and score >= 1.0 - 1e-9
+    # A scorer with this network scores samples in [-1, 1] the same way, and NaN for diverged ones.
+    extractor = metrics.FeatureExtractor(kind="inception", mode="clean", network_sha256="fake", extract=None,
+                                         inception=inception)
+    reference = metrics.ReferenceFeatures(features=features, stats=metrics.feature_statistics(features), key="k")
+    scorer = metrics.FidScorer(extractor=extractor, reference=reference, split="test")
+    samples = images.float() / 127.5 - 1
+    assert scorer.sample_inception_score(samples, splits=2, batch_size=3) == metrics.inception_score(logits, splits=2)
+    samples[0, 0, 0, 0] = float("nan")
+    assert all(math.isnan(v) for v in scorer.sample_inception_score(samples, splits=2))
 
 
 # --- KID -------------------------------------------------------------------------------------------
@@ -152,6 +161,16 @@ def test_set_statistics_of_per_seed_scores():
     assert metrics.set_statistics([4.0]) == dict(mean=4.0, std=0.0, min=4.0)
     stats = metrics.set_statistics([3.0, 5.0, 7.0])
     assert stats == dict(mean=5.0, std=pytest.approx(2.0), min=3.0)
+    per_seed = metrics.per_seed_metrics({0: dict(fid=3.0, kid=0.1), 2: dict(fid=5.0, kid=0.3)})
+    assert per_seed == dict(fid_seed0=3.0, kid_seed0=0.1, fid_seed2=5.0, kid_seed2=0.3, fid=4.0,
+                            fid_std=pytest.approx(2 ** 0.5), fid_min=3.0, kid=pytest.approx(0.2))
+
+
+def test_seeded_rows_draw_in_order_and_keep_all_when_n_is_large():
+    assert metrics.seeded_rows(5, None, 0).tolist() == metrics.seeded_rows(5, 9, 1).tolist() == [0, 1, 2, 3, 4]
+    rows = metrics.seeded_rows(100, 10, 3)
+    assert len(set(rows.tolist())) == 10 and rows.tolist() == sorted(rows.tolist())
+    assert rows.tolist() == metrics.seeded_rows(100, 10, 3).tolist() != metrics.seeded_rows(100, 10, 4).tolist()
 
 
 # --- quantisation ----------------------------------------------------------------------------------
@@ -268,6 +287,23 @@ def test_scorer_scores_against_its_reference_and_is_thread_safe(tmp_path):
     assert all(math.isnan(v) for v in scorer.sample_scores(diverged).values())
     with pytest.raises(ValueError, match="quantisation"):
         metrics.fid_scorer(extractor, folder, quantize="floor")
+
+
+def test_the_floor_scores_seeded_train_images_against_the_test_split(tmp_path):
+    from pfgm import data as pdata
+
+    folder, cache = _tiny_images(tmp_path), tmp_path / "cache"
+    extractor, calls = _counting_extractor()
+    train_scorer = metrics.fid_scorer(extractor, folder, split="train", cache_dir=cache, quantize="truncate")
+    floor = metrics.test_split_scorer(train_scorer, folder, cache_dir=cache)
+    assert floor.split == "test" and floor.extractor is extractor and floor.quantize == "truncate"
+    assert metrics.test_split_scorer(floor, folder) is floor
+    train = pdata.unit_to_images(pdata.load_split(folder, "train"))
+    value = metrics.data_fid_floor(floor, folder, n=30, seed=5)
+    assert value == floor.fid(train[metrics.seeded_rows(40, 30, 5)]) > 0
+    assert metrics.data_fid_floor(floor, folder, n=100) == floor.fid(train)
+    # The digits CNN has no class logits: no Inception Score.
+    assert floor.sample_inception_score(pdata.load_split(folder, "test")) is None
 
 
 # --- Inception modes and weights -------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_heun_samples_the_official_fixture_networks(snapshot, steps, generator):
     if not (EDM_REFERENCE / snapshot).is_file():
         pytest.skip(f"{EDM_REFERENCE} not found (shared/ must be a sibling of the repo root)")
     net = from_official_snapshot(EDM_REFERENCE / snapshot)
-    shape = (net.img_channels, net.img_resolution, net.img_resolution)
+    shape = net.data_shape
     x = pfgmpp.sample_prior(4, shape, D=net.D, generator=generator)
     calls = []
     result = pfgmpp.heun(net, x, pfgmpp.sigma_grid(steps), callback=calls.append)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from official import read_edm_tsv
-from pfgm.networks.edm import EDMPrecond
+from pfgm.networks.edm import EDMPrecond, kwargs_from_official
 from pfgm.networks.songunet import Conv2d, PositionalEmbedding, SongUNet, weight_init
 
 CONFIGS = ("ncsnpp", "ddpmpp")
@@ -35,7 +35,7 @@ def configs(edm_ref: Path) -> dict[str, dict]:
 
 
 def fixture_network(edm_ref: Path, config: dict, name: str) -> EDMPrecond:
-    net = EDMPrecond(**config["edmprecond_kwargs"]).eval()
+    net = EDMPrecond(**kwargs_from_official(config["edmprecond_kwargs"])).eval()
     net.load_state_dict(torch.load(edm_ref / f"{name}_state_dict.pth", weights_only=True), strict=True)
     return net
 
@@ -81,7 +81,7 @@ def test_fixture_reproduces_official_denoiser(edm_ref, configs, name):
 def test_same_seed_gives_the_official_initialisation(edm_ref, configs, name):
     """The fixture is official init (seed 0) + 0.05 N(0, 1) (generator seed 1): undo the noise, compare."""
     torch.manual_seed(0)
-    fresh = EDMPrecond(**configs[name]["edmprecond_kwargs"]).state_dict()
+    fresh = EDMPrecond(**kwargs_from_official(configs[name]["edmprecond_kwargs"])).state_dict()
     official = torch.load(edm_ref / f"{name}_state_dict.pth", weights_only=True)
     generator = torch.Generator().manual_seed(1)
     for key, value in official.items():
@@ -95,7 +95,7 @@ def test_same_seed_gives_the_official_initialisation(edm_ref, configs, name):
 @pytest.mark.parametrize("name", CONFIGS)
 def test_full_size_cifar10_layout_matches_the_official_listing(edm_ref, configs, name):
     with torch.device("meta"):
-        net = EDMPrecond(**configs[name]["cifar10_full_size"]["edmprecond_kwargs"])
+        net = EDMPrecond(**kwargs_from_official(configs[name]["cifar10_full_size"]["edmprecond_kwargs"]))
     rows, total = read_edm_tsv(edm_ref / f"{name}_cifar10_state_dict.tsv")
     ours = [(k, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for k, t in net.state_dict().items()]
     assert ours == rows

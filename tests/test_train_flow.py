@@ -250,27 +250,6 @@ def test_main_trains_pfgmpp_from_a_params_file(prefect_test_env, tmp_path, clien
     assert list(rows[0]) == ["step", *METRICS]
 
 
-def test_sample_pictures_are_pngs(tmp_path):
-    from flows.train import write_samples
-
-    images = torch.rand(16, 1, 8, 8) * 2 - 1
-    points = torch.randn(64, 2)
-    for kind, samples in (("image", images), ("points", points)):
-        path = write_samples(samples, kind, tmp_path / f"{kind}.png")
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_prior_range_comes_from_M_unless_the_params_set_it():
-    from flows.train import run_hyperparameters
-    from pfgm.perturb import prior_range
-
-    charges = torch.randn(64, 3, 4, 4)
-    derived = run_hyperparameters(charges, _params(Path("unused"), M=291))
-    assert derived == dict(M=291, gamma=5.0, **prior_range(291, 48))
-    released = run_hyperparameters(charges, _params(Path("unused"), M=291, z_max=40.0, upper_norm=3000.0))
-    assert released == dict(M=291, gamma=5.0, z_max=40.0, upper_norm=3000.0)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # PFGM++ with EDM's network and recipe: EDMPrecond, augmentation, lr ramp-up and EMA half-life in images
 
@@ -297,31 +276,6 @@ def _edm_params(out: Path, **changes) -> TrainParams:
                 grad_clip=None, ema_halflife_kimg=0.02, ema_rampup_ratio=0.05, augment=0.12,
                 checkpoint_every=2, sample_every=4)
     return TrainParams(**{**base, **changes})
-
-
-def test_network_kwargs_fill_in_edmprecond_and_check_the_augmentation(tiny_images):
-    from flows.train import network_kwargs
-
-    manifest = pdata.read_manifest(tiny_images.out)
-    kwargs = network_kwargs(_edm_params(Path("unused")), manifest)
-    assert kwargs == {**EDM_KWARGS, "img_resolution": 8, "img_channels": 1, "pfgmpp": True, "D": 16,
-                      "label_dim": 0}
-    cases = {
-        r"train\.network: EDMPrecond is a denoiser": dict(objective="pfgm"),
-        r"train\.network_kwargs\.img_channels: filled in from the data": dict(
-            network_kwargs={**EDM_KWARGS, "img_channels": 3}),
-        r"train\.network_kwargs\.D: filled in from train\.D": dict(network_kwargs={**EDM_KWARGS, "D": 128}),
-        r"train\.network_kwargs\.nf: not an argument of EDMPrecond \(known: .*channel_mult": dict(
-            network_kwargs={**EDM_KWARGS, "nf": 8}),
-        r"train\.network_kwargs\.augment_dim: must be 9, got 0: train\.augment 0\.12 produces 9 labels": dict(
-            network_kwargs={**EDM_KWARGS, "augment_dim": 0}),
-        r"train\.network_kwargs\.augment_dim: must be 0, got 9: train\.augment is 0": dict(augment=0.0),
-        r"train\.augment: EDM's augmentation trains the pfgmpp objective with network EDMPrecond": dict(
-            network="FieldConvNet", network_kwargs=dict(channels=8, blocks=1)),
-    }
-    for message, changes in cases.items():
-        with pytest.raises(ParamsError, match=message):
-            network_kwargs(_edm_params(Path("unused"), **changes), manifest)
 
 
 def test_train_edmprecond_with_edm_recipe_and_sample_it(prefect_test_env, tmp_path, client, tiny_images):

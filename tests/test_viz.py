@@ -25,6 +25,24 @@ def test_to_uint8_and_tile():
     assert picture[0].tolist() == [[255]] * 10  # padding
 
 
+def test_image_grid_pads_the_last_row_and_enlarges_pixels():
+    images = torch.tensor([-1.0, 1.0, 1.0]).reshape(3, 1, 1, 1)
+    picture = viz.image_grid(images, columns=2, fill=0, scale=2)
+    assert picture.shape == (2 * 3 + 1, 2 * 3 + 1, 1)
+    assert picture[1:3, 1:3, 0].tolist() == [[0, 0], [0, 0]] and picture[1:3, 4:6, 0].tolist() == [[255, 255]] * 2
+    assert picture[4:6, 4:6, 0].tolist() == [[0, 0], [0, 0]]  # the blank cell
+    assert picture[0].max() == 0  # padding
+
+
+def test_samples_as_png_and_figure(tmp_path):
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    points = torch.randn(64, 2)
+    for kind, samples in (("image", images), ("points", points)):
+        _png(viz.save_samples(samples, kind, tmp_path / f"{kind}.png"))
+        assert viz.samples_figure(samples, kind).axes
+    assert Image.open(tmp_path / "image.png").size == (4 * 33 + 1, 4 * 33 + 1)  # 8x8 enlarged to 32x32
+
+
 def test_image_grid_and_rows(tmp_path, generator):
     grey = torch.rand(10, 1, 8, 8, generator=generator) * 2 - 1
     colour = torch.rand(2, 5, 3, 8, 8, generator=generator) * 2 - 1

@@ -59,7 +59,7 @@ MAX_POSITIONS = 10_000  # of the sinusoidal embedding, as DDPM
 def _cifar10_like(**changes: Any) -> dict[str, Any]:
     """The CIFAR-10 DDPM++ kwargs with `changes`, built afresh (no list shared between configurations)."""
     config = dict(
-        image_size=32, channels=3, nf=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4, attn_resolutions=[16],
+        data_shape=[3, 32, 32], nf=128, ch_mult=[1, 2, 2, 2], num_res_blocks=4, attn_resolutions=[16],
         dropout=0.1, skip_rescale=True, embedding="positional", fourier_scale=16.0, init_scale=0.0,
     )  # fmt: skip
     return {**config, **changes}
@@ -70,8 +70,8 @@ def _cifar10_like(**changes: Any) -> dict[str, Any]:
 RELEASED_CONFIGS: dict[str, dict[str, Any]] = {
     "cifar10": _cifar10_like(),
     "cifar10_deep": _cifar10_like(num_res_blocks=8),
-    "celeba64": _cifar10_like(image_size=64),
-    "bedroom256": _cifar10_like(image_size=256, ch_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=2, dropout=0.0),
+    "celeba64": _cifar10_like(data_shape=[3, 64, 64]),
+    "bedroom256": _cifar10_like(data_shape=[3, 256, 256], ch_mult=[1, 1, 2, 2, 4, 4], num_res_blocks=2, dropout=0.0),
 }
 
 
@@ -139,6 +139,8 @@ def _attn(channels: int, block_kw: Mapping[str, Any]) -> AttnBlock:
 class DDPMpp(nn.Module):
     """DDPM++ for PFGM: forward(x (B, C, H, W), z (B,)) -> (B, C*H*W + 1).
 
+    data_shape: (C, H, W) with H == W, as every network of pfgm.networks takes the data's shape (the
+    official config's data.num_channels and data.image_size; `kwargs_from_official` maps them).
     All constructor arguments are keyword-only and JSON-serialisable; `self.config` holds them, so
     `DDPMpp(**net.config)` rebuilds the architecture. `RELEASED_CONFIGS` holds the published ones.
     """
@@ -146,8 +148,7 @@ class DDPMpp(nn.Module):
     def __init__(
         self,
         *,
-        image_size: int,
-        channels: int = 3,
+        data_shape: Sequence[int],
         nf: int = 128,
         ch_mult: Sequence[int] = (1, 2, 2, 2),
         num_res_blocks: int = 4,
@@ -159,14 +160,15 @@ class DDPMpp(nn.Module):
         init_scale: float = 0.0,
     ):
         super().__init__()
+        channels, image_size = _square_image_shape(data_shape)
         _validate(image_size, ch_mult, attn_resolutions, embedding)
         self.config = dict(
-            image_size=image_size, channels=channels, nf=nf, ch_mult=list(ch_mult),
+            data_shape=[channels, image_size, image_size], nf=nf, ch_mult=list(ch_mult),
             num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions), dropout=dropout,
             skip_rescale=skip_rescale, embedding=embedding, fourier_scale=fourier_scale,
             init_scale=init_scale,
         )  # fmt: skip
-        self.image_size, self.channels, self.nf, self.embedding = image_size, channels, nf, embedding
+        self.data_shape, self.nf, self.embedding = (channels, image_size, image_size), nf, embedding
 
         # z conditioning: embedding (no trainable parameters) -> Linear -> SiLU -> Linear.
         if embedding == "fourier":
@@ -201,7 +203,7 @@ class DDPMpp(nn.Module):
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """x (B, C, H, W), z (B,) > 0 -> (B, C*H*W + 1): x-part flattened in C order, z component last."""
-        expected = (self.channels, self.image_size, self.image_size)
+        expected = self.data_shape
         if tuple(x.shape[1:]) != expected or z.shape != x.shape[:1]:
             got = f"{tuple(x.shape)} and {tuple(z.shape)}"
             raise ValueError(f"expected x (B, {', '.join(map(str, expected))}) and z (B,), got {got}")
@@ -250,6 +252,14 @@ def _decoder(
         )
         in_ch = widths[level]
     return levels
+
+
+def _square_image_shape(data_shape: Sequence[int]) -> tuple[int, int]:
+    """(channels, side) of a data shape (C, H, W) with H == W; ValueError otherwise."""
+    shape = [int(s) for s in data_shape]
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"data_shape must be square images (C, H, H), got {shape}")
+    return shape[0], shape[1]
 
 
 def _validate(
@@ -399,7 +409,8 @@ def kwargs_from_official(config: Mapping[str, Any]) -> dict[str, Any]:
     data, model = config.get("data", {}), config.get("model", {})
     try:
         return dict(
-            image_size=int(data["image_size"]), channels=int(data["num_channels"]), nf=int(model["nf"]),
+            data_shape=[int(data["num_channels"]), int(data["image_size"]), int(data["image_size"])],
+            nf=int(model["nf"]),
             ch_mult=[int(m) for m in model["ch_mult"]], num_res_blocks=int(model["num_res_blocks"]),
             attn_resolutions=[int(r) for r in model["attn_resolutions"]], dropout=float(model["dropout"]),
             skip_rescale=bool(model["skip_rescale"]), embedding=str(model["embedding_type"]).lower(),

@@ -8,9 +8,11 @@ PFGM++ trains and samples a *denoiser*: `denoiser(x (B, *S), sigma (B,), augment
 (the contract of `pfgm.training.PFGMppLoss` and `pfgm.pfgmpp.heun`). Two kinds of network provide it:
 
 - `EDMPrecond`, the official module (NVlabs/edm, and Newbeeer/pfgmpp's fork used for the published PFGM++
-  results) around EDM's `SongUNet`: same constructor, state_dict (`model.` + SongUNet's) and forward, so
-  official weights load strictly and give the official outputs. PFGM++ never enters the network: D only
-  changes the loss's perturbation and the sampler's prior. It is a denoiser as it is.
+  results) around EDM's `SongUNet`: same state_dict (`model.` + SongUNet's), forward and attributes, so
+  official weights load strictly and give the official outputs. Its constructor takes the data's shape
+  as every network here does, `data_shape` (C, R, R), in place of EDM's img_channels and img_resolution;
+  `kwargs_from_official` maps the constructor kwargs an official snapshot records. PFGM++ never enters
+  the network: D only changes the loss's perturbation and the sampler's prior. It is a denoiser as it is.
 - Our PFGM field networks (FieldMLP, FieldConvNet, DDPMpp), which return (B, N + 1) (the data part, then
   a z component), through `precondition(net, x, sigma)` or the module `FieldDenoiser(net)` around it.
   The first N components, reshaped to the data shape S, are EDM's raw output F; the last one is unused
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -35,7 +38,7 @@ from pfgm.networks.songunet import SongUNet, _plain_config
 
 __all__ = [
     "EDMPrecond", "FieldDenoiser", "MODEL_TYPES", "SIGMA_DATA", "as_denoiser", "edm_coefficients",
-    "from_official_snapshot", "precond_from_snapshot", "precond_kwargs", "precondition",
+    "from_official_snapshot", "kwargs_from_official", "precond_from_snapshot", "precond_kwargs", "precondition",
 ]
 
 Network = Callable[[Tensor, Tensor], Tensor]
@@ -93,30 +96,33 @@ class EDMPrecond(nn.Module):
     """EDM's preconditioned denoiser: forward(x (B, C, R, R), sigma (B,) or scalar, class_labels
     (B, label_dim) or None, augment_labels (B, augment_dim) or None) -> D_x (B, C, R, R), float32.
 
-    `self.model` is `MODEL_TYPES[model_type](img_resolution, in_channels=img_channels,
-    out_channels=img_channels, label_dim=label_dim, **model_kwargs)`. With `use_fp16` the backbone runs in
+    data_shape: (C, R, R), square images. `self.model` is `MODEL_TYPES[model_type](img_resolution=R,
+    in_channels=C, out_channels=C, label_dim=label_dim, **model_kwargs)`. With `use_fp16` the backbone runs in
     float16 on CUDA inputs (float32 elsewhere, and always with `force_fp32`). `pfgmpp` and `D` are the
     Newbeeer/pfgmpp constructor arguments, kept as attributes only (official snapshots record them).
     `self.config` holds every constructor argument (backbone defaults filled in) as JSON-ready values,
     so `EDMPrecond(**net.config)` rebuilds the architecture.
     """
 
-    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0, use_fp16: bool = False,
+    def __init__(self, data_shape: Sequence[int], label_dim: int = 0, use_fp16: bool = False,
                  sigma_min: float = 0, sigma_max: float = float("inf"), sigma_data: float = SIGMA_DATA,
                  model_type: str = "SongUNet", *, pfgmpp: bool = False, D: int = 128, **model_kwargs: Any):
         super().__init__()
         if model_type not in MODEL_TYPES:
             raise ValueError(f"EDMPrecond: unknown model_type {model_type!r}; known: {sorted(MODEL_TYPES)}")
         _check_model_kwargs(MODEL_TYPES[model_type], model_kwargs)
+        img_channels, img_resolution = _square_image_shape(data_shape)
+        # EDM's attribute names: the official samplers (and Newbeeer/pfgmpp's generate.py) read them.
         self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
         self.use_fp16, self.sigma_min, self.sigma_max, self.sigma_data = use_fp16, sigma_min, sigma_max, sigma_data
         self.pfgmpp, self.D = pfgmpp, D
         self.N = img_channels * img_resolution * img_resolution  # data dimension, as the fork records it
+        self.data_shape = (img_channels, img_resolution, img_resolution)
         self.model = MODEL_TYPES[model_type](img_resolution=img_resolution, in_channels=img_channels,
                                              out_channels=img_channels, label_dim=label_dim, **model_kwargs)
         inner = {k: v for k, v in self.model.config.items() if k not in _SHARED_WITH_MODEL}
         self.config = _plain_config(
-            img_resolution=img_resolution, img_channels=img_channels, label_dim=label_dim, use_fp16=use_fp16,
+            data_shape=list(self.data_shape), label_dim=label_dim, use_fp16=use_fp16,
             sigma_min=sigma_min, sigma_max=sigma_max, sigma_data=sigma_data, model_type=model_type,
             pfgmpp=pfgmpp, D=D, **inner)
 
@@ -147,6 +153,25 @@ class EDMPrecond(nn.Module):
     def round_sigma(self, sigma: Tensor | float) -> Tensor:
         """EDM's samplers call this to snap sigma to what the network supports: any value, here."""
         return torch.as_tensor(sigma)
+
+
+def _square_image_shape(data_shape: Sequence[int]) -> tuple[int, int]:
+    """(channels, side) of a data shape (C, R, R); ValueError otherwise."""
+    shape = [int(s) for s in data_shape]
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"EDMPrecond: data_shape must be square images (C, R, R), got {shape}")
+    return shape[0], shape[1]
+
+
+def kwargs_from_official(init_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """EDMPrecond keyword arguments from the constructor kwargs an official snapshot records: EDM's
+    img_channels and img_resolution become data_shape [C, R, R]; everything else is passed on as it is."""
+    missing = sorted({"img_channels", "img_resolution"} - set(init_kwargs))
+    if missing:
+        raise ValueError(f"official EDMPrecond kwargs lack {missing}")
+    side = init_kwargs["img_resolution"]
+    rest = {key: value for key, value in init_kwargs.items() if key not in ("img_channels", "img_resolution")}
+    return {"data_shape": [init_kwargs["img_channels"], side, side], **rest}
 
 
 def _backbone_kwargs(model_class: type[nn.Module]) -> list[str]:
@@ -191,6 +216,6 @@ def precond_from_snapshot(snapshot: OfficialSnapshot, *, source: str = "snapshot
     in eval mode without gradients. ValueError naming `source` when it holds another class."""
     if snapshot.class_name != "EDMPrecond":
         raise ValueError(f"{source}: {snapshot.key!r} holds a {snapshot.class_name}, not an EDMPrecond")
-    net = EDMPrecond(**snapshot.init_kwargs)
+    net = EDMPrecond(**kwargs_from_official(snapshot.init_kwargs))
     net.load_state_dict(snapshot.state_dict, strict=True)
     return net.eval().requires_grad_(False)

@@ -11,18 +11,18 @@ A checkpoint is one `torch.save` of a dict:
                    "generator_device": its device, "cuda": per-device CUDA states or None}
     train_config  JSON string of the TrainConfig, or None; metadata: JSON string (caller's extras)
 No code is pickled: the network is rebuilt as NETWORKS[class](**config), the only lookup by name.
+`load_checkpoint` reads an older network config in today's form (`current_config`).
 """
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from pfgm.files import save_torch
 from pfgm.networks.ddpmpp import DDPMpp
 from pfgm.networks.convnet import FieldConvNet
 from pfgm.networks.edm import EDMPrecond
@@ -63,8 +63,7 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 def save_checkpoint(path: str | Path, state: TrainState, *, config: TrainConfig | None = None,
                     metadata: dict | None = None) -> Path:
-    """Write `state` to `path` atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
+    """Write `state` to `path` atomically (pfgm.files.save_torch)."""
     payload = dict(
         format=FORMAT, version=VERSION,
         network=dict(**{"class": network_name(state.net)}, config=json.dumps(state.net.config)),
@@ -73,18 +72,7 @@ def save_checkpoint(path: str | Path, state: TrainState, *, config: TrainConfig 
         train_config=None if config is None else json.dumps(config.to_dict()),
         metadata=json.dumps(metadata or {}),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return save_torch(path, payload)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -96,7 +84,27 @@ def load_checkpoint(path: str | Path) -> dict:
                          "pfgm.networks.edm.from_official_snapshot)")
     if payload.get("version") != VERSION:
         raise ValueError(f"{path} has checkpoint version {payload.get('version')!r}; this code reads {VERSION}")
+    network = payload.get("network")
+    if isinstance(network, dict) and "config" in network:
+        network["config"] = json.dumps(current_config(network["class"], json.loads(network["config"])))
     return payload
+
+
+#: (channels, side) keys of the square-image networks' configs written before every network took data_shape.
+_LEGACY_SHAPE_KEYS = {"DDPMpp": ("channels", "image_size"), "EDMPrecond": ("img_channels", "img_resolution")}
+
+
+def current_config(name: str, config: dict) -> dict:
+    """A network config in the form today's constructor takes. DDPMpp and EDMPrecond checkpoints written
+    before every network took `data_shape` record a side and a channel count: they are read as
+    data_shape [C, S, S], so models trained or imported then still load."""
+    keys = _LEGACY_SHAPE_KEYS.get(name)
+    if keys is None or keys[1] not in config:
+        return config
+    channels_key, side_key = keys
+    rest = {key: value for key, value in config.items() if key not in keys}
+    side = int(config[side_key])
+    return {"data_shape": [int(config.get(channels_key, 3)), side, side], **rest}
 
 
 def build_network(payload: dict, *, ema: bool = False) -> nn.Module:
