@@ -1,9 +1,11 @@
 """Typed models of params.yaml: one model per section, loaded and validated in one place.
 
 Each section's keys are the keyword arguments of the library functions its stage calls, under
-the same names. Unknown keys and bad values fail at load time with a ValueError naming the key
-path (`data.seed: ...`). To add a stage, write its section model here and add a field to
-`Params` with the section's name.
+the same names. Unknown keys, bad values and missing sections fail at load time with a ParamsError
+(a ValueError) whose message leads with the key path (`data.seed: ...`). A key left out takes its
+default here, which is params.yaml's value (tests/test_params.py holds the two together). The sampler
+keys that evaluate, sweep and report share are declared once, in PlaneSettings and SamplerSettings.
+To add a stage, write its section model here and add a field to `Params` with the section's name.
 """
 from __future__ import annotations
 
@@ -14,8 +16,7 @@ import os
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from pfgm.networks.edm import MODEL_TYPES, precond_kwargs
 from pfgm.ode import ADAPTIVE_METHODS, METHODS
@@ -234,16 +235,19 @@ class GridSchedule(Section):
 
     schedule: Literal[SCHEDULES] = "ln_z"
     """Fixed-step grid: ln_z (uniform in ln z) or power (uniform in z^(1/rho); pfgm.zsolvers.power_z)."""
-    rho: float | None = Field(None, gt=0)
+    rho: float | None = Field(None, gt=0, validate_default=True)
     """Exponent of the power schedule (5 suits few-step sampling: docs/SAMPLERS.md); only with power."""
 
-    @model_validator(mode="after")
-    def _rho_with_power(self):
-        if self.schedule == "power" and self.rho is None:
+    @field_validator("rho")
+    @classmethod
+    def _rho_with_power(cls, rho: float | None, info: ValidationInfo) -> float | None:
+        # On the rho key rather than the model: the message then names `<section>.rho`.
+        schedule = info.data.get("schedule")
+        if schedule == "power" and rho is None:
             raise ValueError("schedule power needs rho (e.g. 5)")
-        if self.schedule != "power" and self.rho is not None:
-            raise ValueError(f"rho applies to the power schedule only (schedule is {self.schedule!r})")
-        return self
+        if schedule not in (None, "power") and rho is not None:
+            raise ValueError(f"rho applies to the power schedule only (schedule is {schedule!r})")
+        return rho
 
 
 class PlaneSettings(Section):
