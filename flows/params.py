@@ -556,13 +556,15 @@ class RobustnessParams(Section):
 
 def _format_errors(err: ValidationError, prefix: str, path: str | os.PathLike) -> str:
     """`<key path>: <what is wrong> (got <value>)`, errors joined by `; `, the file last: the key leads."""
-    lines = []
+    missing, lines = [], []
     for e in err.errors():
         key = ".".join(str(part) for part in (prefix, *e["loc"]) if part != "")
         if e["type"] == "missing":
-            lines.append(f"{key}: missing (the project's params.yaml has every section and key)")
+            missing.append(key)
         else:
             lines.append(f"{key or '<root>'}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
+    if missing:  # one entry for them all: a file without sections would otherwise repeat the advice
+        lines.insert(0, f"{', '.join(missing)}: missing (the project's params.yaml has every section and key)")
     return f"{'; '.join(lines)} [in {path}]"
 
 

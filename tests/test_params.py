@@ -109,7 +109,7 @@ def test_the_sampler_keys_are_declared_once():
 
 @pytest.mark.parametrize(("content", "message"), [
     ("", "the file is empty"),
-    ("data: {}\n", "train: missing"),
+    ("data: {}\n", "train, evaluate, sweep, report: missing"),
 ])
 def test_a_missing_section_is_refused_not_defaulted(tmp_path, content, message):
     path = tmp_path / "params.yaml"
