@@ -610,7 +610,8 @@ def load_experiment_section(path: str | os.PathLike, name: str, model: type[Sect
     `model`; ParamsError names the key path like load_section's."""
     raw = _read_yaml(path)
     if name not in raw:
-        raise ParamsError(f"{path}: no `{name}` section (an experiment file such as experiments/robustness-digits.yaml)")
+        raise ParamsError(f"{name}: missing section in {path} (an experiment file such as "
+                          "experiments/robustness-digits.yaml)")
     try:
         return model.model_validate(raw[name])
     except ValidationError as err:
