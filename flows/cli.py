@@ -12,8 +12,9 @@ their own `ERROR: ...` lines the same way.
 
     python -m flows.cli params.yaml
 
-checks a params file before a pipeline starts any server (`make main` does): every section valid,
-and the raw files its data set needs in place (or to be downloaded).
+checks a params file before a pipeline starts any server (`make main` does): every section present
+and valid, every device on this machine, and the raw files its data set needs in place (or to be
+downloaded). What earlier stages produce (prepared data, the model) each stage checks at its start.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from flows.checks import check_devices
 from flows.params import ParamsError, load_params
 from pfgm.data import MissingFilesError, check_raw_files
 from pfgm.data.store import DataError
@@ -56,9 +58,10 @@ def command_line(main: Callable[[list[str] | None], Any], argv: list[str] | None
 
 
 def check_params(argv: list[str] | None = None) -> None:
-    """Validate the params file argv[0] (default params.yaml) and the presence of its data's raw files."""
+    """Validate the params file argv[0] (default params.yaml), its devices and its data's raw files."""
     path = (argv or ["params.yaml"])[0]
     params = load_params(path)
+    check_devices(params)
     check_raw_files(params.data.name, params.data.root, download=params.data.download)
 
 

@@ -44,6 +44,7 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.checks import check_evaluate
 from flows.cli import command_line
 from flows.common import MODEL_FILE, check_model_fits
 from flows.params import EvaluateParams, ParamsError, SweepParams, load_sections, params_parser
@@ -445,6 +446,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command line: read the data, train and evaluate sections, run the flow, print the metrics."""
     args = params_parser(__doc__).parse_args(argv)
     data, train, params = load_sections(args.params, "data", "train", "evaluate")
+    check_evaluate(data, train, params)  # before MLflow and Prefect start: bad input is one line
     configure()
     result = evaluate(params, data_dir=data.out, model_path=str(Path(train.out) / MODEL_FILE))
     print(json.dumps(result, sort_keys=True))

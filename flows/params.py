@@ -1,23 +1,27 @@
 """Typed models of params.yaml: one model per section, loaded and validated in one place.
 
 Each section's keys are the keyword arguments of the library functions its stage calls, under
-the same names. Unknown keys and bad values fail at load time with a ValueError naming the key
-path (`data.seed: ...`). To add a stage, write its section model here and add a field to
-`Params` with the section's name.
+the same names. Unknown keys, bad values and missing sections fail at load time with a ParamsError
+(a ValueError) whose message leads with the key path (`data.seed: ...`). A key left out takes its
+default here, which is params.yaml's value (tests/test_params.py holds the two together). The sampler
+keys that evaluate, sweep and report share are declared once, in PlaneSettings and SamplerSettings.
+To add a stage, write its section model here and add a field to `Params` with the section's name.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from pfgm.networks.edm import MODEL_TYPES, precond_kwargs
 from pfgm.ode import ADAPTIVE_METHODS, METHODS
-from pfgm.zsolvers import SCHEDULES
+from pfgm.training.checkpoint import NETWORKS
+from pfgm.zsolvers import GENERIC, SCHEDULES, SOLVERS
 
 DatasetName = Literal[
     "digits",
@@ -101,16 +105,30 @@ experiment) serve both objectives; EDMPrecond (EDM's denoiser around SongUNet, N
 pfgmpp only."""
 
 
+def network_arguments(network: str, kwargs: dict[str, Any]) -> set[str] | None:
+    """Keyword names the network class takes (EDMPrecond: its own and its backbone's, by model_type);
+    None when it takes any (**kwargs)."""
+    if network == "EDMPrecond":
+        model_type = kwargs.get("model_type", "SongUNet")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type: unknown backbone {model_type!r} (known: {', '.join(MODEL_TYPES)})")
+        return set(precond_kwargs(model_type))
+    parameters = inspect.signature(NETWORKS[network]).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters}
+
+
 class TrainParams(Section):
     """The `train` section: network, objective and optimisation (pfgm.training, key for key)."""
 
-    out: str = "models/digits"
+    out: OwnFolder = "models/digits"
     """Folder of the run's checkpoints (kept between runs so an interrupted run resumes)."""
     seed: int = Field(0, ge=0)
     device: str = "auto"
     """auto (cuda when available, else cpu), cpu, cuda, cuda:1, ..."""
-    network: NetworkName = "FieldMLP"
-    network_kwargs: dict[str, Any] = {}
+    network: NetworkName = "FieldConvNet"
+    network_kwargs: dict[str, Any] = {"channels": 32, "blocks": 4, "embedding": "log"}
     """Keyword arguments of the network class; the data shape is filled in from the data."""
     objective: Literal["pfgm", "pfgmpp"] = "pfgm"
     D: AugmentedDims = 1
@@ -129,9 +147,9 @@ class TrainParams(Section):
     small_batch: int | None = Field(128, ge=1)
     """pfgm: rows trained per step; the whole batch (batch_size) are the charges."""
     reduce: Literal["sum", "mean"] = "sum"
-    steps: int = Field(4000, ge=1)
+    steps: int = Field(3500, ge=1)
     batch_size: int = Field(512, ge=1)
-    lr: float = Field(5e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
     eps: float = Field(1e-8, gt=0)
     warmup: int = Field(100, ge=0)
@@ -159,6 +177,19 @@ class TrainParams(Section):
     sample_every: int = Field(1000, ge=1)
     """Log a grid of EMA samples every this many steps (at checkpoint steps)."""
 
+    @field_validator("network_kwargs")
+    @classmethod
+    def _arguments_of_network(cls, kwargs: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Known before any data is read: a misspelt argument would otherwise fail only inside the flow.
+        network = info.data.get("network")
+        if network is None:
+            return kwargs  # the network itself is invalid and reported
+        known = network_arguments(network, kwargs)
+        unknown = sorted(set(kwargs) - known) if known is not None else []
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not an argument of {network} (known: {', '.join(sorted(known))})")
+        return kwargs
+
 
 NonNegativeInt = Annotated[int, Field(ge=0)]
 Split = Literal["train", "test"]
@@ -167,40 +198,93 @@ InceptionMode = Literal["clean", "legacy_tensorflow", "legacy_pytorch"]
 QuantizeMethod = Literal["round", "truncate"]
 
 
+def _known_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"must be one of {', '.join(METHODS)}")
+    return method
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+SolverMethod = Annotated[str, AfterValidator(_known_method)]
+"""A pfgm.ode.METHODS name (dopri5 is RK45; euler and heun step in z as the official code does)."""
+StepCount = Annotated[int, Field(ge=1)]
+
+
+def _carries_density(method: str) -> str:
+    # The z-solvers but the generic ones step the data point alone, without the log-density term.
+    if method in SOLVERS and method not in GENERIC:
+        raise ValueError(f"{method} steps the data point alone and cannot carry the log-density; use one of "
+                         f"{sorted(GENERIC)} or a torchdiffeq method")
+    return method
+
+
+LikelihoodMethod = Annotated[str, AfterValidator(_known_method), AfterValidator(_carries_density)]
+"""A pfgm.ode.METHODS name that can integrate the log-density along with the point."""
+
+
+def _check_steps(method: str | None, steps: Any) -> None:
+    """Fixed-step methods walk a grid of `steps`; adaptive ones choose their own (an unknown or missing
+    method is reported on its own key)."""
+    if method in METHODS and method not in ADAPTIVE_METHODS and steps is None:
+        raise ValueError(f"method {method!r} is fixed-step and needs steps")
+
+
 class GridSchedule(Section):
     """The grid of fixed-step methods: `schedule` ln_z (uniform in ln z, the official grid) or power
     (EDM's schedule applied to z, exponent `rho`); adaptive methods choose their own steps."""
 
     schedule: Literal[SCHEDULES] = "ln_z"
     """Fixed-step grid: ln_z (uniform in ln z) or power (uniform in z^(1/rho); pfgm.zsolvers.power_z)."""
-    rho: float | None = Field(None, gt=0)
+    rho: float | None = Field(None, gt=0, validate_default=True)
     """Exponent of the power schedule (5 suits few-step sampling: docs/SAMPLERS.md); only with power."""
 
-    @model_validator(mode="after")
-    def _rho_with_power(self):
-        if self.schedule == "power" and self.rho is None:
+    @field_validator("rho")
+    @classmethod
+    def _rho_with_power(cls, rho: float | None, info: ValidationInfo) -> float | None:
+        # On the rho key rather than the model: the message then names `<section>.rho`.
+        schedule = info.data.get("schedule")
+        if schedule == "power" and rho is None:
             raise ValueError("schedule power needs rho (e.g. 5)")
-        if self.schedule != "power" and self.rho is not None:
-            raise ValueError(f"rho applies to the power schedule only (schedule is {self.schedule!r})")
-        return self
+        if schedule not in (None, "power") and rho is not None:
+            raise ValueError(f"rho applies to the power schedule only (schedule is {schedule!r})")
+        return rho
 
 
-class EvaluateParams(GridSchedule):
+class PlaneSettings(Section):
+    """Where every sampler of a section starts and stops: the keys evaluate, sweep and report share."""
+
+    z_min: float = Field(1e-3, gt=0)
+    """Height at which the flow stops (the data plane is z = 0)."""
+    z_exp: float | None = Field(5.0, gt=0)
+    """The official substitution of v_z from ||v_x|| (pfgm.ode); null: the network's own v_z."""
+    clip_prior: bool = True
+    """Clip prior norms to [1, upper_norm] as the official sampler does."""
+
+
+class SamplerSettings(GridSchedule, PlaneSettings):
+    """One sampler setting, its keys flat in its section (evaluate, report): declared and checked here only."""
+
+    method: SolverMethod = "dopri5"
+    """A pfgm.ode.METHODS name: dopri5 (RK45), euler/heun (the official steps in z), dpmpp_2m
+    (few-step), torchdiffeq's others; fixed-step methods need `steps`."""
+    rtol: float = Field(1e-4, gt=0)
+    atol: float = Field(1e-4, gt=0)
+    steps: int | None = Field(None, ge=1, validate_default=True)
+    """Fixed-step methods: steps of the `schedule` grid."""
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_for_fixed_step(cls, steps: int | None, info: ValidationInfo) -> int | None:
+        _check_steps(info.data.get("method"), steps)
+        return steps
+
+
+class EvaluateParams(SamplerSettings):
     """The `evaluate` section: one sampler setting, FID, bits/dim, and the model registry."""
 
     out: str = "metrics/evaluate.json"
     seed: int = Field(0, ge=0)
     device: str = "auto"
-    method: str = "dopri5"
-    """A pfgm.ode.METHODS name: dopri5 (RK45), euler/heun (the official steps in z), dpmpp_2m
-    (few-step), torchdiffeq's others; fixed-step methods need `steps`."""
-    rtol: float = Field(1e-4, gt=0)
-    atol: float = Field(1e-4, gt=0)
-    steps: int | None = Field(None, ge=1)
-    z_min: float = Field(1e-3, gt=0)
-    z_exp: float | None = Field(None, gt=0)
-    clip_prior: bool = True
-    """Clip prior norms to [1, upper_norm] as the official sampler does."""
     num_samples: int = Field(1000, ge=2)
     batch_size: int = Field(500, ge=1)
     features: Literal["auto", "digits", "inception"] = "auto"
@@ -223,16 +307,16 @@ class EvaluateParams(GridSchedule):
     """Folder of the cached reference features and statistics (keyed by data, network, mode, split)."""
     download_weights: bool = False
     """Fetch missing Inception weights from clean-fid's URL (sha256-checked); off: a missing file is an error."""
-    bpd_images: int = Field(0, ge=0)
+    bpd_images: int = Field(100, ge=0)
     """Test images (the first of the split) for bits/dim at the data's own levels, with their standard
     error and the per-pixel histogram baseline bpd_baseline (0: skip; 1 has no standard error)."""
-    bpd_method: str = "rk4"
+    bpd_method: LikelihoodMethod = "rk4"
     """Solver of the likelihood ODE (a pfgm.ode.METHODS name but dpmpp_2m); a fixed-step one always
     terminates, whatever the field (docs/LIKELIHOOD.md)."""
     bpd_steps: int | None = Field(50, ge=1)
     """Steps of a fixed-step bpd_method on a grid uniform in ln z (torchdiffeq's methods step in ln z,
     euler and heun in z)."""
-    bpd_z_min: float | None = Field(None, gt=0)
+    bpd_z_min: float | None = Field(0.01, gt=0)
     """Height of the plane whose density bits/dim measure (the flow's marginal there); null: z_min.
     Near the plane the network has only seen points close to training images, and the likelihood ODE
     of a test image far from them can blow up there (docs/LIKELIHOOD.md)."""
@@ -242,7 +326,7 @@ class EvaluateParams(GridSchedule):
     nears 1 (a test point off the data, near the plane), so the divergence term amplifies the
     network's error there: on the default digits model a few test images then get |bpd| in the
     thousands, and RK4 at 50, 100 and 200 steps disagree; without it RK4 and RK45 agree to 0.01."""
-    hutchinson: int | None = Field(None, ge=1)
+    hutchinson: int | None = Field(1, ge=1)
     """Rademacher probes per image for the likelihood trace; null: the exact trace (N vector-Jacobian
     products per network evaluation, allowed up to pfgm.likelihood.EXACT_TRACE_MAX_DIMS = 256 dimensions:
     the digits; larger images need probes). With 2+ probes bpd_probe_se is their share of bpd_se."""
@@ -258,24 +342,18 @@ class EvaluateParams(GridSchedule):
             raise ValueError("one image has no standard error: use 0 (skip) or at least 2")
         return images
 
+    @field_validator("bpd_steps")
+    @classmethod
+    def _bpd_steps_for_fixed_step(cls, steps: int | None, info: ValidationInfo) -> int | None:
+        _check_steps(info.data.get("bpd_method"), steps)
+        return steps
+
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
         if seeds is not None and len(set(seeds)) != len(seeds):
             raise ValueError("seeds must be distinct (two equal seeds draw the same sample set)")
         return seeds
-
-
-def _known_method(method: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"must be one of {', '.join(METHODS)}")
-    return method
-
-
-PositiveFloat = Annotated[float, Field(gt=0)]
-SolverMethod = Annotated[str, AfterValidator(_known_method)]
-"""A pfgm.ode.METHODS name (dopri5 is RK45; euler and heun step in z as the official code does)."""
-StepCount = Annotated[int, Field(ge=1)]
 
 
 class SolverGrid(GridSchedule):
@@ -306,15 +384,13 @@ class SolverGrid(GridSchedule):
         method = info.data.get("method")
         if method is None:
             return steps
-        adaptive = method in ADAPTIVE_METHODS
-        if not adaptive and steps is None:
-            raise ValueError(f"method {method!r} is fixed-step and needs steps")
-        if adaptive and steps is not None:
+        _check_steps(method, steps)
+        if method in ADAPTIVE_METHODS and steps is not None:
             raise ValueError(f"method {method!r} is adaptive: give tolerances, not steps")
         return steps
 
 
-class SweepParams(Section):
+class SweepParams(PlaneSettings):
     """The `sweep` section: a grid of sampler settings scored against one or more checkpoints."""
 
     out: str = "metrics/sweep.json"
@@ -335,9 +411,6 @@ class SweepParams(Section):
     """PFGM models: each solver with each of its tolerances or step counts."""
     heun_steps: list[StepCount] = Field([5, 10, 18], min_length=1)
     """PFGM++ models: EDM's Heun sampler with each of these step counts (they ignore `solvers`)."""
-    z_min: float = Field(1e-3, gt=0)
-    z_exp: float | None = Field(None, gt=0)
-    clip_prior: bool = True
     num_samples: int = Field(500, ge=2)
     batch_size: int = Field(500, ge=1)
     workers: int = Field(4, ge=1)
@@ -376,14 +449,14 @@ class SweepParams(Section):
 PublishedData = Literal["auto", "cifar10", "celeba64", "lsun-bedroom256", "ffhq64"]
 
 
-class ReportParams(GridSchedule):
+class ReportParams(SamplerSettings):
     """The `report` section: the table beside the published numbers, and the pictures."""
 
     out: OwnFolder = "reports"
     """Folder of table.csv, table.md and the pictures (a DVC output; only the report's own files change)."""
     seed: int = Field(0, ge=0)
     device: str = "auto"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(1, ge=1)
     """CPU threads of torch during the report (null: torch's default). Its solves are many small products:
     on a small or busy machine one thread is much faster (64 digits samples: 2 s instead of 39 s)."""
     published: str = "paper/published.csv"
@@ -400,37 +473,21 @@ class ReportParams(GridSchedule):
     """Factors on the latent (columns of temperature.png); 1 is plain sampling."""
     temperature_samples: int = Field(8, ge=1)
     """Prior draws decoded at every temperature (rows of temperature.png)."""
-    method: SolverMethod = "dopri5"
-    """Solver of every encoding and decoding; fixed-step methods need `steps`."""
-    rtol: float = Field(1e-4, gt=0)
-    atol: float = Field(1e-4, gt=0)
-    steps: int | None = Field(None, ge=1, validate_default=True)
-    """Fixed-step methods: steps of the `schedule` grid (per frame stretch for the 2D animation)."""
-    z_min: float = Field(1e-3, gt=0)
-    z_exp: float | None = Field(None, gt=0)
-    clip_prior: bool = True
     animation_points: int = Field(500, ge=1)
     """2D data: particles in flow.gif (the first 150 are drawn in trajectories.png)."""
     animation_frames: int = Field(40, ge=2)
     """2D data: frames of flow.gif, heights uniform in sqrt(z) from z_max to z_min (pfgm.latent.flow_heights)."""
 
-    @field_validator("steps")
-    @classmethod
-    def _steps_for_fixed_step(cls, steps: int | None, info: ValidationInfo) -> int | None:
-        method = info.data.get("method")
-        if method is not None and method not in ADAPTIVE_METHODS and steps is None:
-            raise ValueError(f"method {method!r} is fixed-step and needs steps")
-        return steps
-
 
 class Params(Section):
-    """All of params.yaml. Later stages add their sections here (sweep, report)."""
+    """All of params.yaml, every section required: a missing one is refused, never silently defaulted
+    (the defaults above equal params.yaml's values: tests/test_params.py holds them together)."""
 
-    data: DataParams = DataParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    sweep: SweepParams = SweepParams()
-    report: ReportParams = ReportParams()
+    data: DataParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    sweep: SweepParams
+    report: ReportParams
 
 
 ObjectiveName = Literal["pfgm", "pfgmpp"]
@@ -497,12 +554,18 @@ class RobustnessParams(Section):
         return entries
 
 
-def _format_errors(err: ValidationError, prefix: str) -> str:
-    lines = []
+def _format_errors(err: ValidationError, prefix: str, path: str | os.PathLike) -> str:
+    """`<key path>: <what is wrong> (got <value>)`, errors joined by `; `, the file last: the key leads."""
+    missing, lines = [], []
     for e in err.errors():
-        path = ".".join(str(part) for part in (prefix, *e["loc"]) if part != "")
-        lines.append(f"{path or '<root>'}: {e['msg']} (got {e.get('input')!r})")
-    return "invalid params: " + "; ".join(lines)
+        key = ".".join(str(part) for part in (prefix, *e["loc"]) if part != "")
+        if e["type"] == "missing":
+            missing.append(key)
+        else:
+            lines.append(f"{key or '<root>'}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
+    if missing:  # one entry for them all: a file without sections would otherwise repeat the advice
+        lines.insert(0, f"{', '.join(missing)}: missing (the project's params.yaml has every section and key)")
+    return f"{'; '.join(lines)} [in {path}]"
 
 
 def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -512,7 +575,8 @@ def _read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         except yaml.YAMLError as err:
             raise ParamsError(f"{path}: not valid YAML ({err})") from err
     if raw is None:
-        return {}
+        raise ParamsError(f"{path}: the file is empty; a params file holds the sections "
+                          f"{', '.join(Params.model_fields)} (start from the project's params.yaml)")
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     return raw
@@ -524,7 +588,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ParamsError(f"{path}: {_format_errors(err, '')}") from None
+        raise ParamsError(_format_errors(err, "", path)) from None
 
 
 def load_section(path: str | os.PathLike, name: str) -> Section:
@@ -532,11 +596,13 @@ def load_section(path: str | os.PathLike, name: str) -> Section:
     if name not in Params.model_fields:
         raise ParamsError(f"unknown section {name!r}; known: {sorted(Params.model_fields)}")
     model = Params.model_fields[name].annotation
-    raw = _read_yaml(path).get(name, {})
+    raw = _read_yaml(path)
+    if name not in raw:  # never the code's defaults in place of a forgotten section
+        raise ParamsError(f"{name}: missing section in {path} (copy it from the project's params.yaml)")
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw[name])
     except ValidationError as err:
-        raise ParamsError(f"{path}: {_format_errors(err, name)}") from None
+        raise ParamsError(_format_errors(err, name, path)) from None
 
 
 def load_experiment_section(path: str | os.PathLike, name: str, model: type[Section]) -> Section:
@@ -544,11 +610,12 @@ def load_experiment_section(path: str | os.PathLike, name: str, model: type[Sect
     `model`; ParamsError names the key path like load_section's."""
     raw = _read_yaml(path)
     if name not in raw:
-        raise ParamsError(f"{path}: no `{name}` section (an experiment file such as experiments/robustness-digits.yaml)")
+        raise ParamsError(f"{name}: missing section in {path} (an experiment file such as "
+                          "experiments/robustness-digits.yaml)")
     try:
         return model.model_validate(raw[name])
     except ValidationError as err:
-        raise ParamsError(f"{path}: {_format_errors(err, name)}") from None
+        raise ParamsError(_format_errors(err, name, path)) from None
 
 
 def load_sections(path: str | os.PathLike, *names: str) -> tuple[Section, ...]:

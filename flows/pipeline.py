@@ -14,12 +14,14 @@ from typing import Any
 
 from prefect import flow
 
+from flows.checks import check_devices
 from flows.cli import command_line
 from flows.evaluate import MODEL_FILE, evaluate
 from flows.params import Params, load_params, params_parser
 from flows.prepare import prepare
 from flows.tracking import configure
 from flows.train import train
+from pfgm.data import check_raw_files
 
 
 @flow(name="pipeline")
@@ -37,7 +39,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = params_parser(__doc__)
     parser.add_argument("--history", default=None, help="also write the training history as CSV here")
     args = parser.parse_args(argv)
-    result = pipeline(load_params(args.params), history=args.history)
+    params = load_params(args.params)
+    check_devices(params)  # before Prefect starts; the flow prepares the data itself
+    check_raw_files(params.data.name, params.data.root, download=params.data.download)
+    result = pipeline(params, history=args.history)
     print(json.dumps(result["evaluate"], sort_keys=True))
     return result
 

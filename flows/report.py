@@ -41,6 +41,7 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.checks import check_report
 from flows.cli import command_line
 from flows.common import MODEL_FILE, check_model_fits
 from flows.params import ReportParams, load_sections, params_parser
@@ -684,6 +685,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = params_parser(__doc__).parse_args(argv)
     data, train, evaluation, sweep, params = load_sections(args.params, "data", "train", "evaluate", "sweep",
                                                            "report")
+    check_report(data, train, evaluation, sweep, params)  # before MLflow and Prefect start
     configure()
     result = report(params, data_dir=data.out, model_path=str(Path(train.out) / MODEL_FILE),
                     evaluate_path=evaluation.out, sweep_path=sweep.table, sweep_num_samples=sweep.num_samples,

@@ -61,6 +61,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.checks import check_sweep
 from flows.cli import command_line
 from flows.common import MODEL_FILE, check_model_fits
 from flows.evaluate import fid_scorer, resolve_features, sample_figure, write_json
@@ -424,6 +425,7 @@ def main(argv: list[str] | None = None) -> SweepResult:
     """Command line: read the data, train and sweep sections, run the sweep, print the summary."""
     args = params_parser(__doc__).parse_args(argv)
     data, train, params = load_sections(args.params, "data", "train", "sweep")
+    check_sweep(data, train, params)  # before MLflow and Prefect start: bad input is one line
     configure()
     result = run_sweep(params, data_dir=data.out, checkpoints=default_checkpoints(params, train.out))
     print(json.dumps(result.summary, sort_keys=True))

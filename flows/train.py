@@ -43,6 +43,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from torch import Tensor, nn
 
+from flows.checks import check_train
 from flows.cli import command_line
 from flows.common import MODEL_FILE
 from flows.params import DataParams, ParamsError, TrainParams, load_section, params_parser
@@ -430,6 +431,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     params = load_section(args.params, "train")
     data = load_section(args.params, "data")
+    check_train(params, data)  # before Prefect starts: bad input is one line
     result = train(params, data, history=args.history)
     print(json.dumps(result, sort_keys=True))
     return result

@@ -17,7 +17,8 @@ from pfgm import data as pdata
 
 def small_params(tmp_path: Path, **overrides) -> EvaluateParams:
     values = dict(out=str(tmp_path / "metrics" / "evaluate.json"), device="cpu", method="euler", steps=8,
-                  num_samples=96, batch_size=48, bpd_images=8, hutchinson=1, model_name="evaluate-test")
+                  num_samples=96, batch_size=48, bpd_images=8, hutchinson=1, model_name="evaluate-test",
+                  z_exp=None, bpd_z_min=None)  # the settings these tests were written for
     return EvaluateParams(**{**values, **overrides})
 
 

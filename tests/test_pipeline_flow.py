@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.params import DataParams, EvaluateParams, Params, TrainParams
+from flows.params import DataParams, EvaluateParams, Params, ReportParams, SweepParams, TrainParams
 from flows.pipeline import pipeline
 
 
@@ -17,12 +17,13 @@ def test_pipeline_end_to_end_on_moons(tmp_path, monkeypatch, prefect_test_env):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     params = Params(
         data=DataParams(name="moons", out=str(tmp_path / "data" / "moons"), n_points=600),
-        train=TrainParams(out=str(tmp_path / "models" / "moons"), device="cpu",
+        train=TrainParams(out=str(tmp_path / "models" / "moons"), device="cpu", network="FieldMLP",
                           network_kwargs=dict(hidden=64, depth=2), steps=60, batch_size=256, small_batch=64,
-                          warmup=10, checkpoint_every=30, sample_every=60),
+                          lr=5e-4, warmup=10, checkpoint_every=30, sample_every=60),
         evaluate=EvaluateParams(out=str(tmp_path / "metrics.json"), device="cpu", num_samples=128,
-                                batch_size=128, bpd_images=16, z_exp=None, model_name="pfgm-moons",
-                                champion_metric="nll"),
+                                batch_size=128, bpd_images=16, bpd_z_min=None, hutchinson=None, z_exp=None,
+                                model_name="pfgm-moons", champion_metric="nll"),
+        sweep=SweepParams(), report=ReportParams(),  # every section is given; the pipeline reads the first three
     )
     result = pipeline(params, root=str(tmp_path), history=str(tmp_path / "history.csv"))
 

@@ -66,7 +66,8 @@ def moons(tmp_path_factory) -> Path:
 def small_params(tmp_path: Path, **overrides) -> ReportParams:
     values = dict(out=str(tmp_path / "reports"), device="cpu", method="euler", steps=6, num_samples=16,
                   interpolation_pairs=2, interpolation_points=4, temperatures=[0.5, 1.0, 2.0],
-                  temperature_samples=3, published=str(PUBLISHED_CSV), animation_points=20, animation_frames=5)
+                  temperature_samples=3, published=str(PUBLISHED_CSV), animation_points=20, animation_frames=5,
+                  z_exp=None)  # the setting these tests were written for
     return ReportParams(**{**values, **overrides})
 
 

@@ -121,7 +121,7 @@ def test_tiny_experiment_end_to_end(prefect_test_env, tracking, digits, tmp_path
 
     data = DataParams(out=str(digits))
     sweep = SweepParams(out=str(tmp_path / "sweep.json"), table=str(tmp_path / "sweep.csv"), device="cpu",
-                        num_samples=40, batch_size=40, workers=2, stats_cache=str(tmp_path / "stats"))
+                        num_samples=40, batch_size=40, workers=2, stats_cache=str(tmp_path / "stats"), z_exp=None)
     params = tiny(tmp_path)
     result = robustness(data, tiny_train(), sweep, params)
 

@@ -177,7 +177,7 @@ def test_sweep_reads_the_reference_features_evaluate_cached(prefect_test_env, tr
 
     sizes = count_extractions(monkeypatch)
     cache = str(tmp_path / "fid-stats")
-    evaluate(EvaluateParams(out=str(tmp_path / "evaluate.json"), device="cpu", method="euler", steps=3,
+    evaluate(EvaluateParams(out=str(tmp_path / "evaluate.json"), device="cpu", method="euler", steps=3, z_exp=None,
                             num_samples=32, batch_size=32, bpd_images=0, register_model=False, stats_cache=cache,
                             fid_reference="train", quantize="truncate"),
              data_dir=str(digits), model_path=str(trained))

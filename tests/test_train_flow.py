@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
 
 from flows.params import DataParams, ParamsError, TrainParams
 from pfgm import data as pdata
@@ -182,8 +183,8 @@ def test_invalid_params_fail_naming_the_key_before_any_run(prefect_test_env, tmp
     params.write_text(f"data:\n  name: moons\n  out: {moons.out}\ntrain:\n  out: model\n  lr: -1.0\n")
     with pytest.raises(ParamsError, match=r"train\.lr"):
         main(["--params", str(params)])
-    with pytest.raises(ParamsError, match=r"train\.network_kwargs\.widht: not an argument of FieldMLP"):
-        train(_params(tmp_path / "model", network_kwargs=dict(hidden=32, widht=3)), moons, root=str(tmp_path))
+    with pytest.raises(ValidationError, match=r"widht: not an argument of FieldMLP"):  # refused with the params
+        _params(tmp_path / "model", network_kwargs=dict(hidden=32, widht=3))
     assert _runs(client) == [] and not (tmp_path / "model").exists()
 
     charges, manifest = pdata.load_split(moons.out), pdata.read_manifest(moons.out)
@@ -234,7 +235,7 @@ def test_main_trains_pfgmpp_from_a_params_file(prefect_test_env, tmp_path, clien
     monkeypatch.chdir(tmp_path)
     params = tmp_path / "params.yaml"
     params.write_text(f"data:\n  name: moons\n  out: {moons.out}\n"
-                      "train:\n  out: models/moons\n  device: cpu\n  network_kwargs: {hidden: 32, depth: 1}\n"
+                      "train:\n  out: models/moons\n  device: cpu\n  network: FieldMLP\n  network_kwargs: {hidden: 32, depth: 1}\n"
                       "  objective: pfgmpp\n  D: 4\n  steps: 6\n  batch_size: 32\n  warmup: 2\n"
                       "  checkpoint_every: 3\n  sample_every: 3\n")
     result = main(["--params", str(params), "--history", "metrics/train_history.csv"])
@@ -276,6 +277,11 @@ def _edm_params(out: Path, **changes) -> TrainParams:
                 grad_clip=None, ema_halflife_kimg=0.02, ema_rampup_ratio=0.05, augment=0.12,
                 checkpoint_every=2, sample_every=4)
     return TrainParams(**{**base, **changes})
+
+
+def test_an_unknown_network_argument_is_refused_with_the_params():
+    with pytest.raises(ValidationError, match=r"nf: not an argument of EDMPrecond \(known: .*channel_mult"):
+        _edm_params(Path("unused"), network_kwargs={**EDM_KWARGS, "nf": 8})
 
 
 def test_train_edmprecond_with_edm_recipe_and_sample_it(prefect_test_env, tmp_path, client, tiny_images):

@@ -28,16 +28,18 @@ class TrainConfig:
     flip: random horizontal flips (image batches (B, C, H, W) only).
     amp: bf16 autocast of the network (the physics stays float32). compile: torch.compile the network.
     checkpoint_every: write a checkpoint every this many steps (None: never).
+    The defaults are params.yaml's (the digits run; tests/test_params.py keeps them equal), not the
+    paper's CIFAR-10 values (batch 128, lr 2e-4, warmup 5000, ema_decay 0.9999: configs/cifar10-*.yaml).
     """
     steps: int
-    batch_size: int = 128
-    lr: float = 2e-4
+    batch_size: int = 512
+    lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
-    warmup: int = 5000
+    warmup: int = 100
     lr_rampup_kimg: float = 0.0
     grad_clip: float | None = 1.0
-    ema_decay: float = 0.9999
+    ema_decay: float = 0.999
     ema_warmup: bool = True
     ema_halflife_kimg: float | None = None
     ema_rampup_ratio: float | None = 0.05
