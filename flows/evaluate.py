@@ -23,7 +23,7 @@ of `evaluate`, the flow
      standard error over images (`bpd_se`; `bpd_probe_se`, the probes' part, with 2 or more Hutchinson
      probes) and beside them `bpd_baseline`, independent per-pixel histograms of the training split
      scored on the same images (pfgm.likelihood, docs/LIKELIHOOD.md); nll and nll_se in nats per point
-     for 2D points; PFGM++ has no likelihood here;
+     for 2D points; PFGM++ models through their denoiser's ODE from bpd_sigma_min;
   5. logs params, metrics and sample grids in an MLflow run of its own (tagged with the train run),
      fails the run on any non-finite metric, and only then writes evaluate.out (flat JSON for
      `dvc metrics show`) and registers the model (flows.registry), moving the `champion` alias if better.
@@ -55,6 +55,7 @@ from pfgm.files import write_json  # noqa: F401 (flows.sweep imports it from her
 from pfgm import metrics as pmetrics
 from pfgm import likelihood as plik
 from pfgm import zsolvers
+from pfgm.networks.edm import as_denoiser
 from pfgm.ode import ADAPTIVE_METHODS, METHODS
 from pfgm.sampling import (HEUN_STEPS, Generated, SamplerSettings, SolveDiverged, TrainedModel, generate,
                            load_trained, preview_settings, sampler_for, untrained_like)
@@ -112,7 +113,7 @@ def expected_metrics(params: EvaluateParams, kind: str, features: str | None, ob
         keys += [f"{metric}_seed{seed}" for seed in sample_seeds(params) for metric in ("fid", "kid")]
     if features == "inception" and params.fid_mode != "legacy_pytorch":  # pytorch-fid's network has no classes
         keys += ["inception_score", "inception_score_std"]
-    if params.bpd_images > 0 and objective == "pfgm":
+    if params.bpd_images > 0:
         keys += likelihood_keys("bpd" if kind == "image" else "nll", params.hutchinson)
     return tuple(keys)
 
@@ -248,21 +249,28 @@ def reference_metrics(scorers: Scorers, samples: torch.Tensor, untrained: torch.
 
 def log_likelihoods(model: TrainedModel, x: torch.Tensor, *, params: EvaluateParams, sampler: Sampler,
                     generator: torch.Generator) -> torch.Tensor:
-    """Log densities (nats) of points x (B, *S) on the plane z_min, one per probe: float64 (B, K) on the CPU.
+    """Log densities (nats) of points x (B, *S), one per probe: float64 (B, K) on the CPU.
 
-    Batches whose flow leaves the finite numbers on the way to the prior get NaN rows: the
-    likelihood is undefined there, and the evaluation then fails as a whole (require_finite) with
-    every metric logged.
+    PFGM: on the plane z = bpd_z_min (the field-line ODE); PFGM++: at sigma = bpd_sigma_min (the
+    denoiser's ODE). Batches whose flow leaves the finite numbers on the way to the prior get NaN
+    rows: the likelihood is undefined there, and the evaluation then fails as a whole
+    (require_finite) with every metric logged.
     """
     device = next(model.net.parameters()).device
     hp = model.hyperparameters
+    solver = dict(method=params.bpd_method, rtol=sampler.rtol, atol=sampler.atol, steps=params.bpd_steps,
+                  hutchinson=params.hutchinson, generator=generator)
     rows = []
     for batch in torch.split(x, params.batch_size):
         try:
-            rows.append(plik.log_likelihood_per_probe(
-                model.net, batch.to(device), z_min=likelihood_z_min(params), z_max=float(hp["z_max"]), method=params.bpd_method,
-                rtol=sampler.rtol, atol=sampler.atol, steps=params.bpd_steps, gamma=float(hp.get("gamma", 5.0)),
-                z_exp=params.bpd_z_exp, hutchinson=params.hutchinson, generator=generator).cpu())
+            if model.objective == "pfgmpp":
+                rows.append(plik.pfgmpp_log_likelihood_per_probe(
+                    as_denoiser(model.net), batch.to(device), D=hp["D"], sigma_min=params.bpd_sigma_min,
+                    **solver).cpu())
+            else:
+                rows.append(plik.log_likelihood_per_probe(
+                    model.net, batch.to(device), z_min=likelihood_z_min(params), z_max=float(hp["z_max"]),
+                    gamma=float(hp.get("gamma", 5.0)), z_exp=params.bpd_z_exp, **solver).cpu())
         except SolveDiverged:
             rows.append(torch.full((len(batch), params.hutchinson or 1), math.nan))
     return torch.cat(rows).double()

@@ -39,10 +39,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from pfgm import zsolvers
+from pfgm import pfgmpp, zsolvers
 from pfgm._checks import check_finite, check_tensor
 from pfgm._random import draw
 from pfgm.data.store import EIGHT_BIT_LEVELS, uint8_levels
+from pfgm.pfgmpp import Denoiser
 from pfgm.ode import Model, SolveDiverged, _check_heights, _FieldLineDrift, _Solver
 from pfgm.prior import prior_log_prob
 
@@ -116,6 +117,30 @@ def _check_hutchinson(hutchinson: int | None) -> None:
         raise ValueError(f"hutchinson must be None (exact trace) or a positive integer, got {hutchinson!r}")
 
 
+def _check_method(method: str) -> None:
+    if method in zsolvers.SOLVERS and method not in zsolvers.GENERIC:
+        raise ValueError(f"method {method!r} steps the data point alone and cannot carry the log-density; "
+                         f"use one of {sorted(zsolvers.GENERIC)} or a torchdiffeq method")
+
+
+def _encode_with_divergence(drift: Callable[[Tensor, Tensor], Tensor], x: Tensor, solver: _Solver, grid: Tensor,
+                            hutchinson: int | None, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Carry x (B, *S) along grid with drift(t, flat points); the end points (B, *S) and integrals (B, K).
+
+    Raises SolveDiverged when the flow leaves the finite numbers (the likelihood is undefined there).
+    """
+    check_finite("x", check_tensor("x", x, min_dim=2))
+    _check_hutchinson(hutchinson)
+    _check_method(solver.method)
+    flat = x.reshape(x.shape[0], -1)
+    probes = None if hutchinson is None else _rademacher((hutchinson, *flat.shape), flat, generator)
+    state = torch.cat([flat, flat.new_zeros(flat.shape[0], 1 if probes is None else hutchinson)], dim=1)
+    end = solver.solve(_DivergenceDrift(drift, flat.shape[1], probes), state, grid)
+    if not bool(torch.isfinite(end).all()):
+        raise SolveDiverged(f"{solver.method}: the flow of x to the prior left the finite numbers")
+    return end[:, : flat.shape[1]].reshape(x.shape), end[:, flat.shape[1]:]
+
+
 def log_likelihood_per_probe(model: Model, x: Tensor, *, z_min: float, z_max: float, method: str = "dopri5",
                              rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None,
                              schedule: str = "ln_z", rho: float | None = None, gamma: float = 5.0,
@@ -129,22 +154,11 @@ def log_likelihood_per_probe(model: Model, x: Tensor, *, z_min: float, z_max: fl
     Solvers: any pfgm.ode.METHODS name but dpmpp_2m (module docstring).
     """
     _check_heights(z_min, z_max)
-    check_finite("x", check_tensor("x", x, min_dim=2))
-    _check_hutchinson(hutchinson)
     solver = _Solver(method, steps, rtol, atol, schedule, rho, options)
-    if method in zsolvers.SOLVERS and method not in zsolvers.GENERIC:
-        raise ValueError(f"method {method!r} steps the data point alone and cannot carry the log-density; "
-                         f"use one of {sorted(zsolvers.GENERIC)} or a torchdiffeq method")
-    flat = x.reshape(x.shape[0], -1)
-    probes = None if hutchinson is None else _rademacher((hutchinson, *flat.shape), flat, generator)
-    columns = 1 if probes is None else hutchinson
     drift = _FieldLineDrift(model, x.shape, gamma=gamma, z_exp=z_exp, callback=None)
-    state = torch.cat([flat, flat.new_zeros(flat.shape[0], columns)], dim=1)
-    end = solver.solve(_DivergenceDrift(drift, flat.shape[1], probes), state, solver.grid(z_min, z_max, x.device))
-    if not bool(torch.isfinite(end).all()):
-        raise SolveDiverged(f"{method}: the flow of x to the prior left the finite numbers")
-    latent = end[:, : flat.shape[1]].reshape(x.shape)
-    return prior_log_prob(latent, z_max=z_max)[:, None] + end[:, flat.shape[1]:]
+    latent, integrals = _encode_with_divergence(drift, x, solver, solver.grid(z_min, z_max, x.device),
+                                                hutchinson, generator)
+    return prior_log_prob(latent, z_max=z_max)[:, None] + integrals
 
 
 def log_likelihood(model: Model, x: Tensor, *, z_min: float, z_max: float, method: str = "dopri5",
@@ -159,6 +173,38 @@ def log_likelihood(model: Model, x: Tensor, *, z_min: float, z_max: float, metho
     return log_likelihood_per_probe(model, x, z_min=z_min, z_max=z_max, method=method, rtol=rtol, atol=atol,
                                     steps=steps, schedule=schedule, rho=rho, gamma=gamma, z_exp=z_exp,
                                     hutchinson=hutchinson, generator=generator, options=options).mean(dim=1)
+
+
+class _DenoiserDrift:
+    """PFGM++'s (and EDM's) ODE in t = ln sigma: dx/dt = sigma dx/dsigma = x - D(x, sigma), flat points."""
+
+    def __init__(self, denoiser: Denoiser, sample_shape: tuple[int, ...]):
+        self.denoiser, self.sample_shape = denoiser, tuple(sample_shape)
+
+    def __call__(self, t: Tensor, flat_x: Tensor) -> Tensor:
+        x = flat_x.reshape(-1, *self.sample_shape)
+        sigma = torch.exp(t).to(flat_x.dtype).expand(len(x))
+        return flat_x - self.denoiser(x, sigma).to(flat_x.dtype).reshape(len(x), -1)
+
+
+def pfgmpp_log_likelihood_per_probe(denoiser: Denoiser, x: Tensor, *, D: float, sigma_min: float,
+                                    sigma_max: float = pfgmpp.SIGMA_MAX, method: str = "rk4",
+                                    steps: int | None = 50, rtol: float = 1e-5, atol: float = 1e-5,
+                                    hutchinson: int | None = None, generator: torch.Generator | None = None,
+                                    options: dict | None = None) -> Tensor:
+    """PFGM++: log density in nats of x (B, *S) at sigma_min (r = sigma_min sqrt(D)), per probe: (B, K).
+
+    The denoiser's ODE carries x from sigma_min up to sigma_max (steps uniform in ln sigma for a fixed-step
+    method), where pfgmpp.prior_log_prob (the kernel centred at 0; D = inf: N(0, sigma_max^2 I)) scores it.
+    Unlike PFGM's field-line drift, x - D(x, sigma) never divides by a network output, so the flow is
+    defined wherever the network is. Trace, probes and solvers as `log_likelihood_per_probe`.
+    """
+    _check_heights(sigma_min, sigma_max)
+    solver = _Solver(method, steps, rtol, atol, "ln_z", None, options)
+    drift = _DenoiserDrift(denoiser, tuple(x.shape[1:]))
+    latent, integrals = _encode_with_divergence(drift, x, solver, solver.grid(sigma_min, sigma_max, x.device),
+                                                hutchinson, generator)
+    return pfgmpp.prior_log_prob(latent, D=D, sigma_max=sigma_max)[:, None] + integrals
 
 
 def _check_levels(levels: int) -> int:
@@ -266,6 +312,7 @@ __all__ = [
     "image_levels",
     "log_likelihood",
     "log_likelihood_per_probe",
+    "pfgmpp_log_likelihood_per_probe",
     "mean_and_standard_error",
     "probe_standard_error",
 ]

@@ -65,6 +65,24 @@ def sample_prior(n: int, shape: tuple[int, ...], *, D: int, sigma_max: float = S
                           dtype=dtype)
 
 
+def prior_log_prob(x: Tensor, *, D: float, sigma_max: float = SIGMA_MAX) -> Tensor:
+    """Log density (nats, float64) of x (B, *S) under the prior `sample_prior` draws from: (B,).
+
+    The kernel centred at 0 with r = sigma_max sqrt(D),
+        p(x) = Gamma((N + D)/2) / (pi^(N/2) Gamma(D/2)) r^D (||x||^2 + r^2)^(-(N + D)/2),
+    normalised because the integral over R^N of (||x||^2 + r^2)^(-m) is pi^(N/2) Gamma(m - N/2) / Gamma(m)
+    r^(N - 2m). D = math.inf: N(0, sigma_max^2 I).
+    """
+    check_positive("sigma_max", sigma_max)
+    squared = x.reshape(x.shape[0], -1).double().square().sum(dim=1)
+    N = x[0].numel()
+    if check_dims(D, allow_inf=True) == math.inf:
+        return -0.5 * squared / sigma_max**2 - N * math.log(sigma_max) - 0.5 * N * math.log(2 * math.pi)
+    radius = sigma_max * math.sqrt(D)
+    constant = (math.lgamma((N + D) / 2) - math.lgamma(D / 2) - 0.5 * N * math.log(math.pi) + D * math.log(radius))
+    return constant - 0.5 * (N + D) * torch.log(squared + radius**2)
+
+
 def sigma_grid(steps: int, *, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO,
                device=None) -> Tensor:
     """EDM's schedule: `steps` values from sigma_max to sigma_min uniform in sigma^(1/rho), then 0.

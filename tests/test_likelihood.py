@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from helpers import exact_model
+from pfgm import pfgmpp
 from pfgm.data import uint8_levels
 from pfgm.likelihood import (bits_per_dim, dequantize, drift_and_exact_trace, histogram_bits_per_dim,
                              image_levels, log_likelihood, log_likelihood_per_probe, mean_and_standard_error,
-                             probe_standard_error)
+                             pfgmpp_log_likelihood_per_probe, probe_standard_error)
 from pfgm.ode import encode
 from pfgm.prior import prior_log_prob
 
@@ -245,3 +246,53 @@ def test_bad_arguments_are_named():
         log_likelihood(model, torch.ones(2, 2), z_min=0.1, z_max=1.0, method="dpmpp_2m", steps=4)
     with pytest.raises(ValueError, match="differ in shape"):
         histogram_bits_per_dim(torch.zeros(2, 4, dtype=torch.uint8), torch.zeros(2, 3, dtype=torch.uint8))
+
+
+# PFGM++: the denoiser's ODE in ln sigma and the prior it ends on.
+
+@pytest.mark.parametrize("D", [1, 3, 50, math.inf])
+def test_pfgmpp_prior_density_integrates_to_one(D):
+    # N = 1: integrate on a grid symmetric about 0, log-spaced to reach the heavy tails (D = 1 is a
+    # Cauchy density: the mass beyond 1e7 sigma_max is below 1e-7).
+    half = torch.logspace(-6, 7, 200_001, dtype=torch.float64)
+    grid = torch.cat([-half.flip(0), half])
+    density = pfgmpp.prior_log_prob(grid[:, None], D=D, sigma_max=1.0).exp()
+    assert torch.trapezoid(density, grid).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_pfgmpp_prior_density_tends_to_the_gaussian_as_D_grows():
+    x = torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80
+    gaussian = pfgmpp.prior_log_prob(x, D=math.inf, sigma_max=80.0)
+    assert torch.allclose(pfgmpp.prior_log_prob(x, D=10**7, sigma_max=80.0), gaussian, atol=1e-5)
+    assert not torch.allclose(pfgmpp.prior_log_prob(x, D=8, sigma_max=80.0), gaussian, atol=1e-2)
+
+
+def _mixture_log_density(points: torch.Tensor, charges: torch.Tensor, *, D: float, sigma: float) -> torch.Tensor:
+    """log (1/M) sum_j p_r(x | y_j): the kernel is the prior centred at y_j with sigma_max = sigma."""
+    per_charge = torch.stack([pfgmpp.prior_log_prob(points - charge, D=D, sigma_max=sigma) for charge in charges])
+    return torch.logsumexp(per_charge, dim=0) - math.log(len(charges))
+
+
+def test_pfgmpp_likelihood_recovers_the_known_density_of_a_few_charges():
+    # The exact denoiser of three charges makes the flow exact: x at sigma_min has the closed-form
+    # mixture density. What remains is the prior's centring of the sigma_max marginal at 0, an error
+    # of order (N + D) ||x|| ||mean charge|| / r_max^2 ~ 1 / sigma_max: 1.1e-3 nats at sigma_max 400,
+    # 1.1e-4 at 4000 (the solver's part is below 1e-6 at rtol 1e-8).
+    D, sigma_min = 8, 0.05
+    generator = torch.Generator().manual_seed(5)
+    charges = 0.3 * torch.randn(3, 1, 2, 2, generator=generator, dtype=torch.float64)
+    which = torch.tensor([0, 1, 2, 0, 1, 2])
+    points = pfgmpp.perturb(charges[which], torch.full((6,), sigma_min, dtype=torch.float64), D=D,
+                            generator=generator)
+    expected = _mixture_log_density(points, charges, D=D, sigma=sigma_min)
+    denoiser = pfgmpp.optimal_denoiser(charges, D=D)
+
+    def error(sigma_max, **solver):
+        estimate = pfgmpp_log_likelihood_per_probe(denoiser, points, D=D, sigma_min=sigma_min, sigma_max=sigma_max,
+                                                   **solver)
+        return (estimate[:, 0] - expected).abs().max().item()
+
+    assert error(4000.0, method="dopri5", rtol=1e-8, atol=1e-8) < 3e-4
+    assert error(400.0, method="dopri5", rtol=1e-8, atol=1e-8) > 3e-4  # the prior's centring, as stated
+    assert error(4000.0, method="rk4", steps=100) < 3e-4  # 50 steps over this ln-range of 11: 1.3e-3
+    assert error(4000.0, method="rk4", steps=4) > 3e-4  # the bound can fail

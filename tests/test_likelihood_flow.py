@@ -15,7 +15,9 @@ from flows.params import EvaluateParams, ParamsError
 from flows.pyfunc_model import Sampler, load_trained
 from helpers import make_checkpoint
 from pfgm import data as pdata
-from pfgm.likelihood import bits_per_dim, dequantize, histogram_bits_per_dim, log_likelihood
+from pfgm.likelihood import (bits_per_dim, dequantize, histogram_bits_per_dim, log_likelihood,
+                             pfgmpp_log_likelihood_per_probe)
+from pfgm.networks.edm import as_denoiser
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -83,7 +85,7 @@ def test_bits_per_dim_at_the_data_levels_with_errors_and_the_baseline(model, dig
     # Recomputed from the library: the first 6 test images, dequantised at 17 levels with evaluate.seed.
     images = pdata.unit_to_images(pdata.load_split(digits, "test")[:6])
     x = dequantize(images, levels=17, generator=torch.Generator().manual_seed(params.seed))
-    log_p = log_likelihood(model.net, x, z_min=params.z_min, z_max=float(model.hyperparameters["z_max"]),
+    log_p = log_likelihood(model.net, x, z_min=params.bpd_z_min, z_max=float(model.hyperparameters["z_max"]),
                            method="rk4", steps=4)
     per_image = bits_per_dim(log_p.double(), 64, levels=17)
     assert metrics["bpd"] == pytest.approx(per_image.mean().item(), rel=1e-6)
@@ -105,11 +107,27 @@ def test_probes_add_their_own_standard_error(model, digits, tmp_path):
 def test_likelihood_settings_are_checked_by_key(tmp_path):
     digits = {"name": "digits", "shape": [1, 8, 8]}
     check_likelihood(_params(tmp_path), digits)
-    with pytest.raises(ParamsError, match="evaluate.bpd_method: dpmpp_2m steps the data point alone"):
-        check_likelihood(_params(tmp_path, bpd_method="dpmpp_2m"), digits)
+    with pytest.raises(ValidationError, match="dpmpp_2m steps the data point alone"):  # refused with the params
+        _params(tmp_path, bpd_method="dpmpp_2m")
     with pytest.raises(ParamsError, match="evaluate.hutchinson: null takes the exact trace, 3072"):
         check_likelihood(_params(tmp_path), {"name": "cifar10", "shape": [3, 32, 32]})
     check_likelihood(_params(tmp_path, hutchinson=1), {"name": "cifar10", "shape": [3, 32, 32]})
     check_likelihood(_params(tmp_path, bpd_images=0), {"name": "cifar10", "shape": [3, 32, 32]})
     with pytest.raises(ValidationError, match="one image has no standard error"):
         _params(tmp_path, bpd_images=1)
+
+
+def test_pfgmpp_models_get_bits_per_dim_through_their_denoiser(digits, tmp_path):
+    # The same protocol (levels, baseline, errors); the density comes from the denoiser's ODE from
+    # bpd_sigma_min, recomputed here from the library.
+    data = pdata.load_split(digits, "train")[:256]
+    pfgmpp_model = load_trained(make_checkpoint(tmp_path / "pfgmpp.pt", data=data, steps=2, objective="pfgmpp"))
+    params = _params(tmp_path, bpd_sigma_min=0.01)
+    metrics = likelihood_metrics.fn(pfgmpp_model, kind="image", levels=17, data_dir=str(digits), params=params,
+                                    sampler=Sampler(z_min=params.z_min))
+    assert set(metrics) == {"bpd", "bpd_se", "bpd_baseline"}
+    images = pdata.unit_to_images(pdata.load_split(digits, "test")[:6])
+    x = dequantize(images, levels=17, generator=torch.Generator().manual_seed(params.seed))
+    log_p = pfgmpp_log_likelihood_per_probe(as_denoiser(pfgmpp_model.net), x, D=4, sigma_min=0.01, method="rk4",
+                                            steps=4)[:, 0]
+    assert metrics["bpd"] == pytest.approx(bits_per_dim(log_p.double(), 64, levels=17).mean().item(), rel=1e-6)
