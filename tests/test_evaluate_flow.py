@@ -124,14 +124,16 @@ def test_inception_weights_download_in_the_checks(digits, tmp_path, monkeypatch)
         check_inputs(legacy_pytorch, str(digits), str(model_path))
 
 
-def test_evaluate_pfgmpp_uses_heun_and_skips_bpd(prefect_test_env, tracking, digits, tmp_path):
+def test_evaluate_pfgmpp_uses_heun_and_scores_bpd_through_the_denoiser(prefect_test_env, tracking, digits, tmp_path):
     from flows.evaluate import evaluate
 
     model_path = make_checkpoint(tmp_path / "model.pt", objective="pfgmpp")
-    params = small_params(tmp_path, steps=4, num_samples=64, batch_size=64, register_model=False)
+    params = small_params(tmp_path, steps=4, num_samples=64, batch_size=64, register_model=False,
+                          bpd_method="rk4", bpd_steps=4)
     result = evaluate(params, data_dir=str(digits), model_path=str(model_path))
     assert result["method"] == "edm_heun" and result["nfe"] == 2 * 4 - 1 and result["nfe_untrained"] == 19
-    assert "bpd" not in result and math.isfinite(result["fid"]) and "model_version" not in result
+    assert math.isfinite(result["fid"]) and "model_version" not in result
+    assert math.isfinite(result["bpd"]) and result["bpd_se"] > 0 and 0 < result["bpd_baseline"] < math.log2(17)
 
 
 def test_evaluate_points_logs_nll_and_no_fid(prefect_test_env, tracking, tmp_path):

@@ -27,9 +27,10 @@ def test_params_yaml_is_valid_and_complete():
 
 
 @pytest.mark.parametrize("stage,section", sorted(STAGE_SECTIONS.items()))
-def test_each_stage_lists_every_key_of_its_section(stages, stage, section):
-    listed = {key.split(".", 1)[1] for key in stages[stage]["params"] if key.startswith(section + ".")}
-    assert listed == set(Params.model_fields[section].annotation.model_fields)
+def test_each_stage_tracks_its_own_section_whole(stages, stage, section):
+    # The whole section (DVC tracks every key below it), so a key added to the model cannot be missed.
+    assert section in stages[stage]["params"]
+    assert set(Params.model_fields[section].annotation.model_fields)  # a section with keys
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_SECTIONS))
