@@ -313,7 +313,7 @@ class EvaluateParams(SamplerSettings):
     bpd_method: LikelihoodMethod = "dopri5"
     """Solver of the likelihood ODE (a pfgm.ode.METHODS name but dpmpp_2m), with the sampler's rtol and
     atol when adaptive. PFGM's field-line ODE is stiff on some digits: RK4 at 50 steps then jumps out
-    of the trained region and returns |bpd| in the thousands, where RK45 gives 2.6 to 4.7; PFGM++'s
+    of the trained region and returns |bpd| in the thousands, where RK45 gives 2.6 to 4.5; PFGM++'s
     denoiser ODE is smooth, and RK4 at 20 steps serves (docs/LIKELIHOOD.md)."""
     bpd_steps: int | None = Field(None, ge=1)
     """Steps of a fixed-step bpd_method on a grid uniform in ln z (torchdiffeq's methods step in ln z,
