@@ -54,14 +54,11 @@ from pfgm import data as pdata
 from pfgm.files import write_json  # noqa: F401 (flows.sweep imports it from here)
 from pfgm import metrics as pmetrics
 from pfgm import likelihood as plik
-from pfgm import zsolvers
 from pfgm.networks.edm import as_denoiser
 from pfgm.ode import ADAPTIVE_METHODS, METHODS
 from pfgm.sampling import (HEUN_STEPS, Generated, SamplerSettings, SolveDiverged, TrainedModel, generate,
                            load_trained, preview_settings, sampler_for, untrained_like)
 
-#: The likelihood functions' annotations still say Sampler: the old name of pfgm.sampling.SamplerSettings.
-Sampler = SamplerSettings
 GRID_SAMPLES = 64
 from pfgm.viz import samples_figure as sample_figure  # flows.sweep imports it from here
 
@@ -132,14 +129,8 @@ def likelihood_z_min(params: EvaluateParams) -> float:
 
 
 def check_likelihood(params: EvaluateParams, manifest: dict[str, Any]) -> None:
-    """The likelihood settings suit the solver and the data size (ParamsError naming the key)."""
-    if params.bpd_method not in METHODS:
-        raise ParamsError(f"evaluate.bpd_method: must be one of {', '.join(METHODS)}; got {params.bpd_method!r}")
-    if params.bpd_method in zsolvers.SOLVERS and params.bpd_method not in zsolvers.GENERIC:
-        raise ParamsError(f"evaluate.bpd_method: {params.bpd_method} steps the data point alone and cannot carry "
-                          f"the log-density; use one of {sorted(zsolvers.GENERIC)} or a torchdiffeq method")
-    if params.bpd_method not in ADAPTIVE_METHODS and params.bpd_steps is None:
-        raise ParamsError(f"evaluate.bpd_steps: bpd_method {params.bpd_method!r} is fixed-step and needs steps")
+    """The likelihood settings suit the data size (ParamsError naming the key); the solver settings are
+    checked with the params (flows.params)."""
     dims = math.prod(manifest["shape"])
     if params.bpd_images > 0 and params.hutchinson is None and dims > plik.EXACT_TRACE_MAX_DIMS:
         raise ParamsError(f"evaluate.hutchinson: null takes the exact trace, {dims} vector-Jacobian products per "
@@ -247,7 +238,7 @@ def reference_metrics(scorers: Scorers, samples: torch.Tensor, untrained: torch.
     return out
 
 
-def log_likelihoods(model: TrainedModel, x: torch.Tensor, *, params: EvaluateParams, sampler: Sampler,
+def log_likelihoods(model: TrainedModel, x: torch.Tensor, *, params: EvaluateParams, sampler: SamplerSettings,
                     generator: torch.Generator) -> torch.Tensor:
     """Log densities (nats) of points x (B, *S), one per probe: float64 (B, K) on the CPU.
 
@@ -287,7 +278,7 @@ def _with_errors(name: str, per_probe: torch.Tensor) -> dict[str, float]:
 
 @task(cache_policy=NO_CACHE)
 def likelihood_metrics(model: TrainedModel, *, kind: str, levels: int | None, data_dir: str,
-                       params: EvaluateParams, sampler: Sampler) -> dict[str, float]:
+                       params: EvaluateParams, sampler: SamplerSettings) -> dict[str, float]:
     """Bits/dim of the first bpd_images test images at the data's `levels`, with errors and the baseline.
 
     Images: bpd, bpd_se, bpd_probe_se (2+ probes) and bpd_baseline (per-pixel histograms of the
