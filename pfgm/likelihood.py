@@ -67,7 +67,7 @@ def drift_and_exact_trace(drift: Callable[[Tensor], Tensor], x: Tensor, *,
 
     Every point is repeated N times and copy i is pulled back along the basis vector e_i, so one
     forward and one backward pass over B N rows give every Jacobian's diagonal (the points do not
-    interact). It is not faster than N separate backward passes on an idle CPU: 1.0x at 20 digits,
+    interact). It is not faster than N separate backward passes on a lightly loaded CPU: 1.0x at 20 digits,
     0.4x at 100 (benchmarks/likelihood_trace.py); it only won (16x) on a machine loaded 4 times over,
     where N small passes suffer most. Points are taken in chunks of at most `max_rows` rows.
     """
