@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from flows.pyfunc_model import load_trained
+from pfgm.sampling import load_trained
 from pfgm.ode import sample
 from pfgm.prior import sample_prior
 

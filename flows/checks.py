@@ -15,7 +15,8 @@ from flows.params import (DataParams, EvaluateParams, Params, ParamsError, Repor
                            TrainParams)
 from pfgm.data.store import MANIFEST
 
-MODEL_FILE = "model.pt"  # flows.train.MODEL, named here so that checking does not import the flows
+#: The trained model's file name inside train.out (what the train stage writes, the later stages read).
+MODEL_FILE = "model.pt"
 
 
 def check_device(key: str, spec: str) -> None:

@@ -23,7 +23,8 @@ from typing import Any, Iterator
 from prefect import flow
 from pydantic import ValidationError
 
-from flows.evaluate import MODEL_FILE, evaluate
+from flows.common import MODEL_FILE
+from flows.evaluate import evaluate
 from flows.params import ParamsError, SweepParams, load_sections
 from flows.sweep import default_checkpoints, run_sweep
 from flows.tracking import configure

@@ -46,12 +46,12 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.checks import check_evaluate
 from flows.cli import command_line
-from flows.common import MODEL_FILE, check_model_fits
-from flows.params import EvaluateParams, ParamsError, SweepParams, load_sections, params_parser
+from flows.common import MODEL_FILE, check_model_fits, fid_scorer, resolve_features
+from flows.params import EvaluateParams, ParamsError, load_sections, params_parser
 from flows.registry import log_pyfunc, register
 from flows.tracking import configure, evaluate_run_name, log_dataset, resolve_device
 from pfgm import data as pdata
-from pfgm.files import write_json  # noqa: F401 (flows.sweep imports it from here)
+from pfgm.files import write_json
 from pfgm import metrics as pmetrics
 from pfgm import likelihood as plik
 from pfgm.networks.edm import as_denoiser
@@ -60,7 +60,7 @@ from pfgm.sampling import (HEUN_STEPS, Generated, SamplerSettings, SolveDiverged
                            load_trained, preview_settings, sampler_for, untrained_like)
 
 GRID_SAMPLES = 64
-from pfgm.viz import samples_figure as sample_figure  # flows.sweep imports it from here
+from pfgm.viz import samples_figure
 
 
 class NonFiniteMetricError(RuntimeError):
@@ -75,26 +75,6 @@ class Plan:
     features: str | None
     metric_keys: tuple[str, ...]
     levels: int | None = None
-
-
-def resolve_features(params: EvaluateParams, manifest: dict[str, Any], section: str = "evaluate") -> str | None:
-    """digits | inception | None (points: no FID); ParamsError naming <section>.features otherwise.
-
-    `params` is any section with a `features` key (evaluate, sweep).
-    """
-    kind, name = manifest["kind"], manifest["name"]
-    if kind == "points":
-        if params.features != "auto":
-            raise ParamsError(f"{section}.features: {params.features!r} needs image data; {name} is 2D points "
-                              "(points get no FID; use auto)")
-        return None
-    features = params.features
-    if features == "auto":
-        features = "digits" if name == "digits" else "inception"
-    if features == "digits" and "features" not in manifest:
-        raise ParamsError(f"{section}.features: digits features need the classifier saved by the prepare stage; "
-                          f"the prepared {name} data has none")
-    return features
 
 
 def sample_seeds(params: EvaluateParams) -> list[int]:
@@ -185,20 +165,6 @@ def draw_samples(model: TrainedModel, params: EvaluateParams, sampler: SamplerSe
     """num_samples samples (num_samples, *S), the prior seeded by `seed`."""
     generator = torch.Generator().manual_seed(seed)
     return generate(model, params.num_samples, sampler, batch_size=params.batch_size, generator=generator)
-
-
-def fid_scorer(params: EvaluateParams | SweepParams, features: str, data_dir: str, *,
-               split: str | None = None) -> pmetrics.FidScorer:
-    """The scorer a section's FID settings describe, against `split` (default: <section>.fid_reference).
-
-    `params` is any section with the FID keys (evaluate, sweep); the reference features come from
-    <section>.stats_cache, computed there on the first use.
-    """
-    extractor = pmetrics.feature_extractor(features, data_dir, inception_path=params.inception_path,
-                                           mode=params.fid_mode, batch_size=params.batch_size,
-                                           device=resolve_device(params.device), download=params.download_weights)
-    return pmetrics.fid_scorer(extractor, data_dir, split=split or params.fid_reference,
-                               cache_dir=params.stats_cache, quantize=params.quantize)
 
 
 @dataclass(frozen=True)
@@ -299,7 +265,7 @@ def likelihood_metrics(model: TrainedModel, *, kind: str, levels: int | None, da
 
 
 def _log_figure(x: torch.Tensor, kind: str, name: str) -> None:
-    mlflow.log_figure(sample_figure(x, kind), name)
+    mlflow.log_figure(samples_figure(x, kind), name)
 
 
 def require_finite(metrics: dict[str, Any]) -> None:

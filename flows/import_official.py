@@ -60,7 +60,7 @@ from torch import nn
 
 from flows.cli import command_line
 from flows.params import Params, ParamsError
-from flows.train import MODEL
+from flows.common import MODEL_FILE
 from pfgm import data as pdata
 from pfgm.data.store import sha256_file
 from pfgm.files import write_text
@@ -384,7 +384,7 @@ def write_model(net: nn.Module, path: Path, metadata: dict[str, Any], step: int)
 def _check_out(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ImportOfficialError(f"--out {out}: exists and is not a folder")
-    taken = [name for name in (MODEL, PARAMS_FILE) if (out / name).exists()]
+    taken = [name for name in (MODEL_FILE, PARAMS_FILE) if (out / name).exists()]
     if taken and not force:
         raise ImportOfficialError(f"--out {out}: already holds {', '.join(taken)}; pass --force to replace")
 
@@ -444,7 +444,7 @@ def import_official(checkpoint: str | os.PathLike, config: str | None, out: str 
                     data=data_metadata(spec, shape, data),
                     official=dict(checkpoint=str(checkpoint.resolve()), sha256=sha256_file(checkpoint),
                                   config=spec.name, **info, **spec.official))
-    model = write_model(net, out / MODEL, metadata, step)
+    model = write_model(net, out / MODEL_FILE, metadata, step)
     written = write_text(out / PARAMS_FILE, text) if text is not None else None
     return dict(model=str(model), params=None if written is None else str(written), objective=objective,
                 hyperparameters=spec.hyperparameters, data=metadata["data"], step=step)

@@ -16,7 +16,8 @@ from prefect import flow
 
 from flows.checks import check_devices
 from flows.cli import command_line
-from flows.evaluate import MODEL_FILE, evaluate
+from flows.common import MODEL_FILE
+from flows.evaluate import evaluate
 from flows.params import Params, load_params, params_parser
 from flows.prepare import prepare
 from flows.tracking import configure

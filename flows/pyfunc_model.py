@@ -24,11 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pfgm.sampling import Generated, SamplerSettings, TrainedModel, generate, load_trained  # noqa: F401
-
-#: The old name of pfgm.sampling.SamplerSettings, and the names above, for code that still imports
-#: them from here (new code imports pfgm.sampling).
-Sampler = SamplerSettings
+from pfgm.sampling import SamplerSettings, generate, load_trained
 
 _INTS = ("num_samples", "seed", "steps", "batch_size")
 _FLOATS = ("rtol", "atol", "rho", "z_min", "z_exp")

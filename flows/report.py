@@ -24,7 +24,6 @@ FINISHED, or FAILED on any error. Invalid settings and missing inputs fail befor
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -34,7 +33,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import mlflow
 import torch
@@ -43,7 +42,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.checks import check_report
 from flows.cli import command_line
-from flows.common import MODEL_FILE, check_model_fits
+from flows.common import MODEL_FILE, check_model_fits, torch_threads
 from flows.params import ReportParams, load_sections, params_parser
 from flows.tracking import configure, resolve_device
 from pfgm import data as pdata
@@ -552,17 +551,6 @@ def draw_nfe_vs_fid(inputs: Inputs, folder: Path) -> Path | None:
                                      f"(checkpoint {short_path(best['checkpoint'])})")
 
 
-def write_norm_csv(panels: dict[str, dict[str, diagnostics.NormCurve]], path: Path) -> Path:
-    """norm_z.csv: one row per height of every curve (model, curve, variable, height, mean, std, count)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["model", "curve", "variable", "height", "mean", "std", "count"])
-        writer.writeheader()
-        for model, curves in panels.items():
-            for name, curve in curves.items():
-                writer.writerows(dict(model=model, curve=name, **row) for row in curve.rows())
-    return path
-
-
 @task(cache_policy=NO_CACHE)
 def draw_norm_curves(params: ReportParams, inputs: Inputs, data_dir: str, folder: Path,
                      perturbation: dict[str, Any] | None) -> dict[str, float]:
@@ -577,7 +565,7 @@ def draw_norm_curves(params: ReportParams, inputs: Inputs, data_dir: str, folder
     label = model_label(inputs.model)
     viz.save_norm_curves({label: curves}, folder / "norm_z.png",
                          title=f"{inputs.name}: norm of the data part against the height (shaded: ±1 std)")
-    write_norm_csv({label: curves}, folder / "norm_z.csv")
+    diagnostics.write_norm_csv({label: curves}, folder / "norm_z.csv")
     return {f"norm_spread_{'sampling' if name == 'sampling' else 'training'}": curve.spread()
             for name, curve in curves.items()}
 
@@ -604,18 +592,6 @@ def draw_pictures(params: ReportParams, inputs: Inputs, data_dir: str, folder: P
 
 
 # --- the flow --------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with `threads` torch CPU threads (None: leave them), restoring the previous count after."""
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
 
 def publish(staging: Path, out: Path) -> list[str]:
     """Move the staged files into `out`, removing report files this run did not produce (stale ones)."""

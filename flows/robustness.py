@@ -45,11 +45,9 @@ from prefect import flow, get_run_logger
 from pydantic import ValidationError
 
 from flows.cli import command_line
-from flows.common import MODEL_FILE
-from flows.evaluate import fid_scorer, resolve_features
+from flows.common import MODEL_FILE, fid_scorer, resolve_features, torch_threads
 from flows.params import (DataParams, ParamsError, RobustnessParams, SolverGrid, SweepParams, TrainParams,
                           load_experiment_section, load_sections, params_parser)
-from flows.report import torch_threads, write_norm_csv
 from flows.sweep import run_sweep
 from flows.tracking import configure, resolve_device
 from flows.train import setup as train_setup
@@ -294,7 +292,7 @@ def run_experiment(found: list[Cell], manifest: dict[str, Any], data: DataParams
             viz.save_norm_curves(panels, staging / "norm_z.png", columns=len(params.objectives),
                                  title=f"{manifest['name']}: ||x|| against z (PFGM) or sigma (PFGM++), "
                                        "sampling and perturbed training points (shaded: ±1 std)")
-            write_norm_csv(panels, staging / "norm_z.csv")
+            diagnostics.write_norm_csv(panels, staging / "norm_z.csv")
             mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
             mlflow.log_artifacts(str(staging))
         out.mkdir(parents=True, exist_ok=True)

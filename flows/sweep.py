@@ -63,12 +63,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.checks import check_sweep
 from flows.cli import command_line
-from flows.common import MODEL_FILE, check_model_fits
-from flows.evaluate import fid_scorer, resolve_features, sample_figure, write_json
+from flows.common import MODEL_FILE, check_model_fits, fid_scorer, resolve_features
 from flows.params import ParamsError, SweepParams, load_sections, params_parser
 from flows.tracking import configure, resolve_device
 from pfgm import data as pdata
 from pfgm import metrics as pmetrics
+from pfgm.files import write_json
+from pfgm.viz import samples_figure
 from pfgm.ode import ADAPTIVE_METHODS
 from pfgm.sampling import Generated, SamplerSettings, SolveDiverged, TrainedModel, generate, load_trained, sampler_for
 
@@ -276,7 +277,7 @@ def score_point(point: Point, model: TrainedModel, *, params: SweepParams, score
         if gave_up:
             client.set_tag(run_id, "solver_error", gave_up[:500])
         metrics = point_metrics(generated, scorer, params.num_samples)
-        _finish_child(client, run_id, metrics, metrics["nonfinite_samples"] > 0, sample_figure(generated.x, kind))
+        _finish_child(client, run_id, metrics, metrics["nonfinite_samples"] > 0, samples_figure(generated.x, kind))
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise

@@ -39,7 +39,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from flows.evaluate import fid_scorer
+from flows.common import fid_scorer
 from flows.params import SweepParams
 from flows.sweep import Parent, Plan, Point, score_point
 from flows.tracking import resolve_device

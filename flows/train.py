@@ -54,7 +54,6 @@ from pfgm.files import atomic_write
 from pfgm.sampling import TrainedModel, preview_settings, sampler_for
 from pfgm.training import DivergenceError, PFGMLoss, PFGMppLoss, RunError, RunSpec, TrainConfig, TrainState
 
-MODEL = MODEL_FILE
 METRICS = ("loss", "grad_norm", "images_per_s", "lr")
 WATERMARK = "pfgm.logged_through"  # tag: the last step whose metrics the run holds
 RESUMED = "pfgm.resumed_from"  # tag: the checkpoint steps the run was resumed from, comma-separated
@@ -142,13 +141,13 @@ class Resume:
     @property
     def complete(self) -> bool:
         """model.pt is written and its run FINISHED: nothing is left to do."""
-        return self.path.name == MODEL and self.run.info.status == "FINISHED"
+        return self.path.name == MODEL_FILE and self.run.info.status == "FINISHED"
 
 
 def find_resume(out: Path, fingerprint: str, client: MlflowClient, experiment_id: str) -> Resume | None:
     """What to continue in `out` (model.pt first, else the latest checkpoint), or None when its
     fingerprint differs or its run no longer exists (undeleted, in this experiment)."""
-    for path in (out / MODEL, training.latest_checkpoint(out)):
+    for path in (out / MODEL_FILE, training.latest_checkpoint(out)):
         if path is not None and path.exists():
             payload = training.load_checkpoint(path)
             metadata = json.loads(payload["metadata"])
@@ -167,7 +166,7 @@ def find_resume(out: Path, fingerprint: str, client: MlflowClient, experiment_id
 def refuse_imported(out: Path) -> None:
     """ValueError when out/model.pt is an imported official checkpoint (flows.import_official):
     training there would replace the released weights with a fresh run's."""
-    path = out / MODEL
+    path = out / MODEL_FILE
     if path.is_file() and "official" in json.loads(training.load_checkpoint(path).get("metadata") or "{}"):
         raise ParamsError(f"invalid params: train.out: {path} holds an imported official checkpoint; training "
                           "would replace it. Evaluate or sweep that folder, and train into another train.out")
@@ -175,7 +174,7 @@ def refuse_imported(out: Path) -> None:
 
 def clear_stale(out: Path) -> list[Path]:
     """Delete our files in `out` (model.pt, checkpoints, leftover temporaries); return what went."""
-    stale = [p for pattern in (MODEL, "checkpoint_*.pt", f".{MODEL}.*.tmp", ".checkpoint_*.tmp")
+    stale = [p for pattern in (MODEL_FILE, "checkpoint_*.pt", f".{MODEL_FILE}.*.tmp", ".checkpoint_*.tmp")
              for p in out.glob(pattern)]
     for path in stale:
         path.unlink(missing_ok=True)
@@ -409,7 +408,7 @@ def train(params: TrainParams, data: DataParams, root: str = ".", history: str |
         tracker.flush()
         if tracker.sampled_at != state.step:
             tracker.log_samples(state.step)
-        model = training.save_checkpoint(out / MODEL, state, config=built.config, metadata=metadata)
+        model = training.save_checkpoint(out / MODEL_FILE, state, config=built.config, metadata=metadata)
         log_model(run_id, str(model))
         if history is not None:
             write_history(client, run_id, Path(history))

@@ -20,9 +20,11 @@ Norms are of the data part flattened, ||x|| = sqrt(sum over the N components of 
 """
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -241,3 +243,13 @@ def far_field_slope(curve: NormCurve, *, above: float) -> float:
     h, m = h - h.mean(), m - m.mean()
     return float((h * m).sum() / (h * h).sum())
 
+
+def write_norm_csv(panels: dict[str, dict[str, NormCurve]], path: Path) -> Path:
+    """norm_z.csv: one row per height of every curve (model, curve, variable, height, mean, std, count)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["model", "curve", "variable", "height", "mean", "std", "count"])
+        writer.writeheader()
+        for model, curves in panels.items():
+            for name, curve in curves.items():
+                writer.writerows(dict(model=model, curve=name, **row) for row in curve.rows())
+    return path

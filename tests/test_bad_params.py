@@ -123,10 +123,3 @@ def test_bad_input_is_one_line_naming_the_key(tmp_path, prepared, prefect_home, 
     assert elapsed < SECONDS, f"{elapsed:.1f} s"
     assert [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]  # no mlflow.db, no outputs
     assert not list(prefect_home.rglob("*.db"))  # no Prefect server ever started
-
-
-def test_the_checks_look_for_the_file_the_train_stage_writes():
-    from flows.checks import MODEL_FILE
-    from flows.train import MODEL
-
-    assert MODEL_FILE == MODEL  # named twice so that flows.cli need not import the train flow

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from flows.evaluate import check_likelihood, expected_metrics, likelihood_metrics
 from flows.params import EvaluateParams, ParamsError
-from flows.pyfunc_model import Sampler, load_trained
+from pfgm.sampling import SamplerSettings, load_trained
 from helpers import make_checkpoint
 from pfgm import data as pdata
 from pfgm.likelihood import (bits_per_dim, dequantize, histogram_bits_per_dim, log_likelihood,
@@ -77,7 +77,7 @@ def _params(tmp_path: Path, **overrides) -> EvaluateParams:
 
 def test_bits_per_dim_at_the_data_levels_with_errors_and_the_baseline(model, digits, tmp_path):
     params = _params(tmp_path)
-    sampler = Sampler(z_min=params.z_min)
+    sampler = SamplerSettings(z_min=params.z_min)
     metrics = likelihood_metrics.fn(model, kind="image", levels=17, data_dir=str(digits), params=params,
                                     sampler=sampler)
     assert set(metrics) == {"bpd", "bpd_se", "bpd_baseline"}
@@ -98,7 +98,7 @@ def test_bits_per_dim_at_the_data_levels_with_errors_and_the_baseline(model, dig
 def test_probes_add_their_own_standard_error(model, digits, tmp_path):
     params = _params(tmp_path, hutchinson=3)
     metrics = likelihood_metrics.fn(model, kind="image", levels=17, data_dir=str(digits), params=params,
-                                    sampler=Sampler(z_min=params.z_min))
+                                    sampler=SamplerSettings(z_min=params.z_min))
     assert set(metrics) == {"bpd", "bpd_se", "bpd_probe_se", "bpd_baseline"}
     assert set(metrics) <= set(expected_metrics(params, "image", None, "pfgm"))
     assert all(math.isfinite(value) for value in metrics.values()) and metrics["bpd_probe_se"] > 0
@@ -124,7 +124,7 @@ def test_pfgmpp_models_get_bits_per_dim_through_their_denoiser(digits, tmp_path)
     pfgmpp_model = load_trained(make_checkpoint(tmp_path / "pfgmpp.pt", data=data, steps=2, objective="pfgmpp"))
     params = _params(tmp_path, bpd_sigma_min=0.01)
     metrics = likelihood_metrics.fn(pfgmpp_model, kind="image", levels=17, data_dir=str(digits), params=params,
-                                    sampler=Sampler(z_min=params.z_min))
+                                    sampler=SamplerSettings(z_min=params.z_min))
     assert set(metrics) == {"bpd", "bpd_se", "bpd_baseline"}
     images = pdata.unit_to_images(pdata.load_split(digits, "test")[:6])
     x = dequantize(images, levels=17, generator=torch.Generator().manual_seed(params.seed))
