@@ -169,26 +169,33 @@ def read_lmdb_images(
         raise DataError(f"{db}: cannot open as an LMDB database ({err})") from err
     try:
         with env.begin() as txn:
-            n = txn.stat()["entries"] if max_images is None else min(txn.stat()["entries"], max_images)
+            entries = txn.stat()["entries"]
+            n = entries if max_images is None else min(entries, max_images)
             if n == 0:
                 raise DataError(f"{db}: the LMDB database holds no entries")
-            images, keys = None, []
-            # Filled in place: a list of arrays plus np.stack would hold the whole set twice.
-            for key, value in txn.cursor():
-                if len(keys) == n:
-                    break
-                name = f"{db} key {key.decode('ascii', errors='replace')}"
-                a = image_to_array(transform(read_image(io.BytesIO(value), channels, name)))
-                if images is None:
-                    images = np.empty((n, *a.shape), dtype=np.uint8)
-                elif a.shape != images.shape[1:]:
-                    raise DataError(f"{name}: transformed to shape {a.shape}, others are {images.shape[1:]}")
-                images[len(keys)] = a
-                keys.append(key.decode("ascii", errors="replace"))
+            return _decode_entries(txn.cursor(), n, db, transform, channels)
     except lmdb.Error as err:
         raise DataError(f"{db}: cannot read the LMDB database ({err})") from err
     finally:
         env.close()
+
+
+def _decode_entries(cursor, n: int, db: Path, transform: Callable[[Image.Image], Image.Image],
+                    channels: int) -> tuple[np.ndarray, list[str]]:
+    """The first n (key, encoded image) entries of an LMDB cursor -> uint8 (n, C, H, W) and the keys."""
+    images, keys = None, []
+    # Filled in place: a list of arrays plus np.stack would hold the whole set twice.
+    for key, value in cursor:
+        if len(keys) == n:
+            break
+        name = f"{db} key {key.decode('ascii', errors='replace')}"
+        a = image_to_array(transform(read_image(io.BytesIO(value), channels, name)))
+        if images is None:
+            images = np.empty((n, *a.shape), dtype=np.uint8)
+        elif a.shape != images.shape[1:]:
+            raise DataError(f"{name}: transformed to shape {a.shape}, others are {images.shape[1:]}")
+        images[len(keys)] = a
+        keys.append(key.decode("ascii", errors="replace"))
     return images, keys
 
 
