@@ -50,7 +50,7 @@ from flows.params import (DataParams, ParamsError, RobustnessParams, SolverGrid,
                           load_experiment_section, load_sections, params_parser)
 from flows.sweep import run_sweep
 from flows.tracking import configure, resolve_device
-from flows.train import setup as train_setup
+from flows.train_runs import setup as train_setup
 from flows.train import train as train_flow
 from pfgm import data as pdata
 from pfgm import diagnostics, pfgmpp, viz

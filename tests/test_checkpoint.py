@@ -10,8 +10,8 @@ import torch
 from pfgm.networks.ddpmpp import DDPMpp
 from pfgm.networks.edm import EDMPrecond
 from pfgm.networks.mlp import FieldMLP
-from pfgm.training import (DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, build_network, create_state,
-                           latest_checkpoint, load_checkpoint, restore_state, save_checkpoint, train)
+from pfgm.training import (DivergenceError, PFGMLoss, PFGMppLoss, TrainConfig, build_network, clear_run_files,
+                           create_state, latest_checkpoint, load_checkpoint, restore_state, save_checkpoint, train)
 from pfgm.training.augment import EDM_CIFAR10_KWARGS, AugmentPipe
 from pfgm.training import checkpoint as checkpoint_module
 
@@ -194,3 +194,14 @@ def test_rejects_foreign_files_and_networks(tmp_path):
     with pytest.raises(ValueError, match="Linear"):
         save_checkpoint(tmp_path / "x.pt", state)
     assert latest_checkpoint(tmp_path) is None
+
+
+def test_clearing_a_run_deletes_its_model_checkpoints_and_temporaries_only(tmp_path):
+    ours = ["model.pt", "checkpoint_00000005.pt", "checkpoint_00000010.pt", ".model.pt.k2j4.tmp",
+            ".checkpoint_00000015.pt.x81q.tmp"]
+    others = ["notes.txt", "model.pt.bak", "samples.png"]
+    for name in ours + others:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(p.name for p in clear_run_files(tmp_path, "model.pt")) == sorted(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others)
+    assert clear_run_files(tmp_path / "missing", "model.pt") == []

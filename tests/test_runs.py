@@ -9,8 +9,8 @@ import torch
 from pfgm.networks.edm import EDMPrecond
 from pfgm.networks.mlp import FieldMLP
 from pfgm.perturb import prior_range
-from pfgm.training import PFGMLoss, PFGMppLoss, RunError, RunSpec, build_run, check_data, network_kwargs
-from pfgm.training import run_hyperparameters
+from pfgm.training import PFGMLoss, PFGMppLoss, RunError, RunSpec, TrainConfig, build_run, check_data, network_kwargs
+from pfgm.training import fingerprint, new_state, run_hyperparameters, setup_run
 
 POINTS = dict(name="moons", kind="points", shape=[2], counts=dict(train=100, test=20))
 IMAGES = dict(name="folder", kind="image", shape=[1, 8, 8], counts=dict(train=40, test=8))
@@ -110,3 +110,71 @@ def test_settings_checked_against_the_data():
         check_data(10, True, POINTS)
     with pytest.raises(RunError, match=r"network_kwargs: FieldMLP: "):
         build_run(_spec(network_kwargs=dict(depth=0)), torch.randn(8, 2), POINTS, seed=0)
+
+
+# The train section as flows.train hands it over (TrainParams.model_dump(mode="json")), and the fingerprint
+# the flow gave it before the fingerprint moved here: checkpoints already on disk must keep resuming.
+SECTION = {"D": 1, "M": None, "amp": False, "augment": 0.0, "batch_size": 512, "betas": [0.9, 0.999],
+           "checkpoint_every": 500, "compile": False, "device": "auto", "ema_decay": 0.999, "ema_halflife_kimg": None,
+           "ema_rampup_ratio": 0.05, "ema_warmup": True, "eps": 1e-08, "flip": False, "gamma": 5.0, "grad_clip": 1.0,
+           "lr": 0.001, "lr_rampup_kimg": 0.0, "network": "FieldMLP",
+           "network_kwargs": {"depth": 2, "embed_dim": 8, "hidden": 32}, "objective": "pfgm", "out": "a",
+           "reduce": "sum", "restrict_M": True, "sample_every": 1000, "seed": 0, "sigma": 0.01, "small_batch": 128,
+           "steps": 20, "tau": 0.03, "upper_norm": None, "warmup": 100, "z_max": None}
+SECTION_FINGERPRINT = "7aa1c5d8184f4392b97e3c8d22c4fece80824e28bf98db9d44db41a272255938"
+
+
+def _changed(value):
+    """Another value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, 0.5]
+    if isinstance(value, dict):
+        return {**value, "extra": 1}
+    return 1  # None: a setting given where the data would decide
+
+
+def test_the_fingerprint_follows_every_setting_and_the_data_but_not_the_folder():
+    assert fingerprint(SECTION, "abc") == SECTION_FINGERPRINT
+    assert fingerprint({**SECTION, "out": "elsewhere"}, "abc") == SECTION_FINGERPRINT
+    assert fingerprint(dict(reversed(SECTION.items())), "abc") == SECTION_FINGERPRINT
+    assert fingerprint(SECTION, "abd") != SECTION_FINGERPRINT
+    for key in SECTION.keys() - {"out"}:
+        assert fingerprint({**SECTION, key: _changed(SECTION[key])}, "abc") != SECTION_FINGERPRINT, key
+
+
+def _manifest(**changes) -> dict:
+    return {**POINTS, "files": {"train.npy": "sha-of-train"}, **changes}
+
+
+def test_setup_run_checks_the_data_and_records_what_later_stages_read():
+    charges = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=3, batch_size=32)
+    built = setup_run(_spec(), config, charges, _manifest(), seed=3, device=torch.device("cpu"), fingerprint="f")
+    assert built.config is config and built.device == torch.device("cpu") and isinstance(built.loss_fn, PFGMLoss)
+    assert built.hyperparameters == run_hyperparameters(charges, _spec())
+    assert built.metadata == dict(hyperparameters=built.hyperparameters, objective="pfgm", fingerprint="f",
+                                  data=dict(name="moons", sha256="sha-of-train", kind="points", shape=[2]))
+    reference = build_run(_spec(), charges, POINTS, seed=3).net.state_dict()
+    assert all(torch.equal(reference[k], v) for k, v in built.net.state_dict().items())  # seeded like build_run
+    for settings, message in ((dict(batch_size=101), "batch_size: 101 exceeds"),
+                              (dict(batch_size=32, flip=True), "flip: flips")):
+        with pytest.raises(RunError, match=message):
+            setup_run(_spec(), TrainConfig(steps=3, **settings), charges, _manifest(), seed=3,
+                      device=torch.device("cpu"), fingerprint="f")
+
+
+def test_a_new_state_starts_at_step_zero_from_the_seed():
+    charges = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(steps=3, batch_size=32, lr=2e-3)
+    built = setup_run(_spec(), config, charges, _manifest(), seed=3, device=torch.device("cpu"), fingerprint="f")
+    state = new_state(built, seed=7)
+    assert state.step == 0 and state.net is built.net and state.optimizer.param_groups[0]["lr"] == 2e-3
+    assert torch.equal(state.generator.get_state(), torch.Generator().manual_seed(7).get_state())
+    ema = dict(state.ema.module.named_parameters())
+    assert all(torch.equal(ema[name], p) for name, p in state.net.named_parameters())

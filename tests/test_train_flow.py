@@ -176,7 +176,8 @@ def test_interrupted_run_resumes_the_same_run_bit_identically(prefect_test_env, 
 
 def test_invalid_params_fail_naming_the_key_before_any_run(prefect_test_env, tmp_path, client, moons,
                                                            monkeypatch):
-    from flows.train import main, setup, train
+    from flows.train import main
+    from flows.train_runs import setup
 
     monkeypatch.chdir(tmp_path)
     params = tmp_path / "params.yaml"

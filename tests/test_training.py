@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -79,6 +80,14 @@ def test_config_names_the_bad_key():
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="train.grad_clip"):
         TrainConfig(steps=1, grad_clip=-1.0)
+
+
+def test_a_config_is_read_by_name_from_any_section():
+    config = TrainConfig(steps=7, batch_size=16, lr=2e-3, betas=(0.8, 0.9), grad_clip=None, flip=True)
+    section = SimpleNamespace(**config.to_dict(), out="models/x", network="FieldMLP")  # betas as a list
+    assert TrainConfig.from_attributes(section) == config
+    with pytest.raises(ValueError, match=r"train\.lr must be a finite number > 0, got -1\.0"):
+        TrainConfig.from_attributes(SimpleNamespace(**{**config.to_dict(), "lr": -1.0}))
 
 
 def test_random_flip_flips_about_half_left_right(generator):

@@ -47,6 +47,16 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def clear_run_files(directory: str | Path, model_file: str) -> list[Path]:
+    """Delete a run's files in `directory`: its final model `model_file`, its checkpoints and the temporaries
+    an interrupted atomic write of either leaves behind. Returns what was deleted; other files stay."""
+    patterns = (model_file, "checkpoint_*.pt", f".{model_file}.*.tmp", ".checkpoint_*.tmp")
+    stale = [path for pattern in patterns for path in Path(directory).glob(pattern)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def network_name(net: nn.Module) -> str:
     """The key of NETWORKS whose class `net` is exactly (a subclass could not be rebuilt faithfully)."""
     for name, cls in NETWORKS.items():

@@ -7,12 +7,17 @@ themselves. Everything is checked before it is built: a bad setting raises `RunE
 spec's key (e.g. "network_kwargs.hidden"), so a pipeline can prefix its section and report it.
 
 `build_run` is the whole story: hyperparameters from the data, the network (seeded once, here), and
-the loss of the objective — PFGM's `PFGMLoss` or PFGM++'s `PFGMppLoss`.
+the loss of the objective — PFGM's `PFGMLoss` or PFGM++'s `PFGMppLoss`. `setup_run` adds what a
+tracked, resumable run needs around it: the data checks, the optimisation config, the device and the
+checkpoint metadata, whose `fingerprint` (of the settings and the data) decides whether a checkpoint
+found on disk belongs to this run.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import json
 import math
 from typing import Any
 
@@ -24,6 +29,7 @@ from pfgm.perturb import hyperparameters as data_hyperparameters, prior_range
 from pfgm.training.augment import EDM_CIFAR10_KWARGS, AugmentPipe
 from pfgm.training.checkpoint import NETWORKS
 from pfgm.training.losses import PFGMLoss, PFGMppLoss
+from pfgm.training.state import TrainConfig, TrainState, create_state
 
 # Embeddings of ln(scalar): PFGM++ conditions on c_noise = ln(sigma)/4, which is often <= 0.
 LOG_EMBEDDING = {"FieldMLP": "log", "FieldConvNet": "log", "NCSNv2Small": "log", "DDPMpp": "fourier"}
@@ -217,3 +223,50 @@ def build_run(spec: RunSpec, charges: Tensor, manifest: dict, *, seed: int) -> R
     hp = run_hyperparameters(charges, spec)
     torch.manual_seed(seed)
     return Run(net=build_network(spec, manifest), loss_fn=build_loss(spec, hp), hyperparameters=hp)
+
+
+def fingerprint(section: dict[str, Any], data_sha256: str) -> str:
+    """sha256 of the run's settings (a JSON-ready dict of the train section; its `out` is left out: where,
+    not what) and of the training data's sha256. Equal fingerprints: a checkpoint of the same run."""
+    settings = {key: value for key, value in section.items() if key != "out"}
+    text = json.dumps({"train": settings, "data_sha256": data_sha256}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def checkpoint_metadata(hp: dict[str, float], objective: str, manifest: dict, fingerprint: str) -> dict[str, Any]:
+    """What a run's checkpoints record for later stages: hyperparameters, objective, the data (name, sha256
+    of train.npy from the manifest, kind, shape) and the run's fingerprint."""
+    data = dict(name=manifest["name"], sha256=manifest["files"]["train.npy"], kind=manifest["kind"],
+                shape=list(manifest["shape"]))
+    return dict(hyperparameters=hp, objective=objective, data=data, fingerprint=fingerprint)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """Everything a tracked run is built from, checked before anything is tracked or written."""
+    net: nn.Module
+    config: TrainConfig
+    loss_fn: PFGMLoss | PFGMppLoss
+    hyperparameters: dict
+    device: torch.device
+    metadata: dict  # the checkpoint metadata (checkpoint_metadata); the caller adds its own keys
+
+
+def setup_run(spec: RunSpec, config: TrainConfig, charges: Tensor, manifest: dict, *, seed: int,
+              device: torch.device, fingerprint: str) -> Setup:
+    """Check the settings against the data and build the run (build_run: the network seeded from `seed`).
+
+    charges: (B, *S) training data in [-1, 1]. The network stays on the CPU until a state is made
+    (new_state). RunError names a bad key.
+    """
+    check_data(config.batch_size, config.flip, manifest)
+    run = build_run(spec, charges, manifest, seed=seed)
+    metadata = checkpoint_metadata(run.hyperparameters, spec.objective, manifest, fingerprint)
+    return Setup(net=run.net, config=config, loss_fn=run.loss_fn, hyperparameters=run.hyperparameters,
+                 device=device, metadata=metadata)
+
+
+def new_state(built: Setup, seed: int) -> TrainState:
+    """A fresh state of built.net, moved to built.device, its training generator seeded with `seed`."""
+    generator = torch.Generator(device=built.device).manual_seed(seed)
+    return create_state(built.net.to(built.device), built.config, generator)

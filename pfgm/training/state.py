@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,6 +70,13 @@ class TrainConfig:
         require("ema_rampup_ratio", self.ema_rampup_ratio is None or self.ema_rampup_ratio > 0, "None or > 0")
         require("checkpoint_every", self.checkpoint_every is None or
                 (isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 1), "None or an integer >= 1")
+
+    @classmethod
+    def from_attributes(cls, source: Any) -> TrainConfig:
+        """The config read field by field from any object holding them by name (a params section), betas as a
+        tuple. ValueError names the bad key ("train.lr must be ...")."""
+        values = {field.name: getattr(source, field.name) for field in fields(cls)}
+        return cls(**{**values, "betas": tuple(values["betas"])})
 
     def to_dict(self) -> dict:
         return {**asdict(self), "betas": list(self.betas)}
