@@ -41,11 +41,12 @@ from prefect.futures import PrefectFuture
 
 from flows.common import fid_scorer
 from flows.params import SweepParams
-from flows.sweep import Parent, Plan, Point, score_point
+from flows.sweep_runs import Parent, score_point
 from flows.tracking import resolve_device
 from pfgm import data as pdata
 from pfgm import metrics as pmetrics
 from pfgm.sampling import TrainedModel, load_trained
+from pfgm.sweeps import Plan, Point
 
 #: Loaded checkpoints and scorers a worker process keeps (the oldest goes first): a long-lived worker
 #: serving many sweeps holds a few models, not all it ever saw.

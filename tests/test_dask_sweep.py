@@ -78,7 +78,8 @@ def test_worker_cache_loads_each_checkpoint_once_and_again_when_it_changes(tmp_p
 
 def test_a_retry_goes_on_in_the_run_of_the_lost_attempt(tracking, tmp_path):
     from pfgm.sampling import SamplerSettings as Sampler
-    from flows.sweep import Parent, Point
+    from flows.sweep_runs import Parent
+    from pfgm.sweeps import Point
     from flows.sweep_dask import earlier_attempt
 
     client = MlflowClient()

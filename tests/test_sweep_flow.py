@@ -148,7 +148,8 @@ def test_diverging_points_are_results(prefect_test_env, tracking, digits, traine
 
 def test_a_failing_point_fails_the_sweep_and_leaves_nothing_running(prefect_test_env, tracking, digits, trained,
                                                                     tmp_path, monkeypatch):
-    import flows.sweep as sweep_module
+    import pfgm.sweeps as psweeps
+    from flows.sweep import run_sweep
     from pfgm.sampling import generate
 
     def generate_or_fail(model, n, sampler, **kwargs):
@@ -156,11 +157,11 @@ def test_a_failing_point_fails_the_sweep_and_leaves_nothing_running(prefect_test
             raise RuntimeError("out of memory (simulated)")
         return generate(model, n, sampler, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "generate", generate_or_fail)
+    monkeypatch.setattr(psweeps, "generate", generate_or_fail)
     params = small_params(tmp_path, solvers=[dict(method="euler", steps=[2, 3]), dict(method="heun2", steps=[2])])
     before = {r.info.run_id for r in all_runs()}
     with pytest.raises(RuntimeError, match="simulated"):
-        sweep_module.run_sweep(params, data_dir=str(digits), checkpoints=[str(trained)])
+        run_sweep(params, data_dir=str(digits), checkpoints=[str(trained)])
     new = [r for r in all_runs() if r.info.run_id not in before]
     status = {(r.info.run_name, r.info.status) for r in new}
     assert status == {("sweep", "FAILED"), ("Euler 2 steps", "FINISHED"), ("Euler 3 steps", "FINISHED"),
