@@ -8,10 +8,17 @@ circle between the two end directions at constant angular speed, and the norm mo
 the two end norms. The prior's direction is uniform and its density depends on the norm alone, so
 each intermediate latent is as typical as its ends, which a straight line would not be (its midpoint
 is shorter than both ends when they point apart).
+
+The functions above take a network and pfgm.ode's keywords; those at the end take a trained PFGM model
+(pfgm.sampling.TrainedModel) and one SamplerSettings, and are what the report draws: test images
+encoded until enough succeed (`encode_images`), their pairs interpolated (`interpolate_encoded`), prior
+draws decoded at several temperatures (`decode_prior_with_temperature`), prior draws followed down to
+the data (`prior_trajectories`).
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,7 +26,8 @@ import torch
 from torch import Tensor
 
 from pfgm._checks import check_finite, check_tensor
-from pfgm.ode import Model, ODEResult, encode, sample, sample_path
+from pfgm.ode import Model, ODEResult, SolveDiverged, encode, sample, sample_path
+from pfgm.sampling import SamplerSettings, TrainedModel, sampler_for
 
 #: |u + v| of unit directions below this: opposite directions, no unique great circle between them.
 _OPPOSITE = 1e-6
@@ -180,3 +188,82 @@ def record_trajectories(model: Model, x: Tensor, heights: Tensor, **ode: Any) ->
         raise ValueError(f"heights must be one-dimensional, got shape {tuple(heights.shape)}")
     path = sample_path(model, x, heights=heights.tolist(), **ode)
     return Trajectory(x=path.x, z=heights, nfe=path.nfe)
+
+
+# --- a trained PFGM model and one sampler setting ---------------------------------------------------
+
+@dataclass(frozen=True)
+class EncodedImages:
+    """Images (K, *S) whose encoding succeeded, their latents (K, *S) on the plane z_max, the number of
+    images skipped because their forward flow diverged, and the NFE of every solve (skipped ones too)."""
+    images: Tensor
+    latents: Tensor
+    skipped: int
+    nfe: int
+
+
+def ode_options(model: TrainedModel, settings: SamplerSettings) -> dict[str, Any]:
+    """pfgm.ode's keywords (method, rtol, atol, steps, schedule, rho, z_exp, gamma) for a PFGM model
+    sampled with `settings`; gamma is the model's (the field's normalisation, default 5)."""
+    return dict(method=settings.method, rtol=settings.rtol, atol=settings.atol, steps=settings.steps,
+                schedule=settings.schedule, rho=settings.rho, z_exp=settings.z_exp,
+                gamma=float(model.hyperparameters.get("gamma", 5.0)))
+
+
+def encode_images(model: TrainedModel, images: Tensor, settings: SamplerSettings, *, wanted: int, attempts: int,
+                  generator: torch.Generator) -> EncodedImages:
+    """Encode images (n, *S), one solve each, in random order (`generator`) until `wanted` succeed,
+    trying at most wanted * attempts of them.
+
+    A trained field can make the forward flow of some images diverge (the solver gives up, or returns
+    non-finite latents); those are skipped and counted rather than failing the caller. The encoding takes
+    the network's own v_z (z_exp None, as `interpolate` explains); each image moves to the model's device.
+    """
+    ode = {**ode_options(model, settings), "z_exp": None}
+    z_max = float(model.hyperparameters["z_max"])
+    kept, latents, skipped, nfe = [], [], 0, 0
+    for index in torch.randperm(len(images), generator=generator)[: wanted * attempts].tolist():
+        image = images[index: index + 1].to(model.device)
+        try:
+            out = encode(model.net, image, z_min=settings.z_min, z_max=z_max, **ode)
+        except SolveDiverged:
+            skipped += 1
+            continue
+        nfe += out.nfe
+        if not bool(torch.isfinite(out.x).all()):
+            skipped += 1
+            continue
+        kept.append(image)
+        latents.append(out.x)
+        if len(kept) == wanted:
+            break
+    return EncodedImages(images=torch.cat(kept or [images[:0]]), latents=torch.cat(latents or [images[:0]]),
+                         skipped=skipped, nfe=nfe)
+
+
+def interpolate_encoded(model: TrainedModel, encoded: EncodedImages, settings: SamplerSettings, *,
+                        num_points: int) -> Interpolation:
+    """`interpolate_latents` between the first and the second half of the encoded images, paired row by
+    row (an odd last image is left out); x of the result is (K // 2, num_points, *S)."""
+    pairs = len(encoded.latents) // 2
+    return interpolate_latents(model.net, encoded.latents[:pairs], encoded.latents[pairs: 2 * pairs],
+                               num_points=num_points, z_min=settings.z_min, z_max=float(model.hyperparameters["z_max"]),
+                               **ode_options(model, settings))
+
+
+def decode_prior_with_temperature(model: TrainedModel, settings: SamplerSettings, temperatures: Sequence[float], *,
+                                  num_latents: int, generator: torch.Generator) -> ODEResult:
+    """num_latents prior draws (the sampler's prior with `settings`, from `generator`) decoded at each
+    temperature (`decode_with_temperature`); x of the result is (num_latents, T, *S)."""
+    latents = sampler_for(model, settings).prior(num_latents, generator)
+    return decode_with_temperature(model.net, latents, torch.tensor(temperatures), z_min=settings.z_min,
+                                   z_max=float(model.hyperparameters["z_max"]), **ode_options(model, settings))
+
+
+def prior_trajectories(model: TrainedModel, settings: SamplerSettings, *, num_points: int, frames: int,
+                       generator: torch.Generator) -> Trajectory:
+    """num_points prior draws (from `generator`) followed from z_max down to settings.z_min, their states
+    kept at `frames` heights (`flow_heights`, `record_trajectories`): x (frames, num_points, *S)."""
+    start = sampler_for(model, settings).prior(num_points, generator)
+    heights = flow_heights(float(model.hyperparameters["z_max"]), settings.z_min, frames)
+    return record_trajectories(model.net, start, heights, **ode_options(model, settings))

@@ -10,7 +10,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -145,6 +145,49 @@ def save_image_rows(rows: torch.Tensor, path: PathLike, *, column_labels: Sequen
     return _save(fig, path)
 
 
+def save_interpolation(first: torch.Tensor, second: torch.Tensor, decoded: torch.Tensor, weights: torch.Tensor,
+                       path: PathLike, *, skipped: int = 0) -> Path:
+    """Interpolation rows [image A, decoded path..., image B]: first, second (B, C, H, W) the encoded
+    images, decoded (B, T, C, H, W) their latents' path at `weights` (T,) (pfgm.latent.Interpolation);
+    the title counts the `skipped` images whose forward flow diverged."""
+    rows = torch.cat([first[:, None], decoded, second[:, None]], dim=1)
+    labels = ["A"] + [f"{w:.2f}" for w in weights.tolist()] + ["B"]
+    note = (f" ({skipped} test image{'s' if skipped > 1 else ''} skipped: forward flow diverged)"
+            if skipped else "")
+    return save_image_rows(rows, path, column_labels=labels,
+                           title=f"test images A, B; their latents interpolated (slerp) and decoded{note}")
+
+
+def save_temperature(decoded: torch.Tensor, temperatures: Sequence[float], path: PathLike) -> Path:
+    """Latents decoded at each temperature: decoded (B, T, C, H, W), one column per temperature (T,)."""
+    return save_image_rows(decoded, path, column_labels=[f"T={t:g}" for t in temperatures],
+                           title="the same latents scaled by T and decoded")
+
+
+def _plot_families(ax, curves: Mapping[str, Sequence[tuple[float, float, str]]],
+                   families: Sequence[str]) -> dict[str, str]:
+    """One line per family (points sorted by NFE, each labelled); returns each family's colour."""
+    colours = {}
+    for family in families:
+        points = sorted(curves.get(family, []))
+        line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=family)
+        colours[family] = line.get_color()
+        for x, y, label in points:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    return colours
+
+
+def _plot_diverged(ax, diverged: Mapping[str, Sequence[tuple[float, str]]], colours: Mapping[str, str]) -> None:
+    """Crosses on the top edge, in each family's colour, for settings whose samples diverged."""
+    for family, points in diverged.items():
+        for x, label in points:
+            # x in data units, y on the axes' top edge: a diverged setting has no FID to plot.
+            ax.plot([x], [1.0], marker="x", color=colours[family], transform=ax.get_xaxis_transform(),
+                    clip_on=False, linestyle="none")
+            ax.annotate(f"{label}: diverged", (x, 1.0), xycoords=ax.get_xaxis_transform(), textcoords="offset points",
+                        xytext=(3, -9), fontsize=6, color=colours[family])
+
+
 def save_nfe_vs_fid(curves: Mapping[str, Sequence[tuple[float, float, str]]], path: PathLike, *,
                     diverged: Mapping[str, Sequence[tuple[float, str]]] | None = None,
                     marks: Mapping[str, tuple[float, float]] | None = None, floor: float | None = None,
@@ -162,24 +205,12 @@ def save_nfe_vs_fid(curves: Mapping[str, Sequence[tuple[float, float, str]]], pa
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     diverged = diverged or {}
-    colours = {}
-    for family in dict.fromkeys([*curves, *diverged]):
-        points = sorted(curves.get(family, []))
-        line, = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=family)
-        colours[family] = line.get_color()
-        for x, y, label in points:
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    colours = _plot_families(ax, curves, list(dict.fromkeys([*curves, *diverged])))
     if diverged:
         # Head room above the highest FID for the crosses and their labels.
         highest = max([p[1] for points in curves.values() for p in points] + [floor or 0.0, 1.0])
         ax.set_ylim(0.0, highest * 1.2)
-    for family, points in diverged.items():
-        for x, label in points:
-            # x in data units, y on the axes' top edge: a diverged setting has no FID to plot.
-            ax.plot([x], [1.0], marker="x", color=colours[family], transform=ax.get_xaxis_transform(),
-                    clip_on=False, linestyle="none")
-            ax.annotate(f"{label}: diverged", (x, 1.0), xycoords=ax.get_xaxis_transform(), textcoords="offset points",
-                        xytext=(3, -9), fontsize=6, color=colours[family])
+    _plot_diverged(ax, diverged, colours)
     for name, (x, y) in (marks or {}).items():
         ax.plot([x], [y], marker="*", markersize=12, linestyle="none", label=name)
     if floor is not None:
@@ -314,18 +345,9 @@ def _frame_half_width(points: np.ndarray, centre: np.ndarray, data_half: float) 
     return max(data_half, float(np.quantile(spread, 0.95)) * 1.05 if spread.size else data_half)
 
 
-def save_flow_animation(x, z, data, path: PathLike, *, fps: int = 10, dpi: int = 72,
-                        title: str | None = None) -> Path:
-    """A GIF of particles x (T, B, 2) following the field from z[0] = z_max down to the data (M, 2).
-
-    One frame per recorded height. Left, the augmented space (x1, x2, z); right, the view from above,
-    zooming in from the prior's spread to the data as the particles land.
-    """
-    x, z, data = _as_arrays(x, z, data)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    colours = _start_colours(x[0])
-    centre, data_half = _data_box(data)
+def _flow_figure(x: np.ndarray, z: np.ndarray, data: np.ndarray, centre: np.ndarray) -> tuple[Figure, Any, Any]:
+    """The animation's figure without particles: left the augmented space around the prior's reach,
+    right the view from above, both over the data in grey. Returns (figure, space axes, top axes)."""
     fig = Figure(figsize=(8, 4))
     fig.subplots_adjust(wspace=0.3)
     space = fig.add_subplot(1, 2, 1, projection="3d")
@@ -340,20 +362,42 @@ def save_flow_animation(x, z, data, path: PathLike, *, fps: int = 10, dpi: int =
     space.set_zlabel("z")
     top.scatter(data[:, 0], data[:, 1], s=1, color="0.7", zorder=0)
     top.set_aspect("equal")
+    return fig, space, top
+
+
+def _grab_frames(writer: PillowWriter, fig: Figure, space, top, x: np.ndarray, z: np.ndarray, *,
+                 centre: np.ndarray, data_half: float, title: str | None) -> None:
+    """One frame per height: the particles at x[frame] in both panels, the top view zoomed on them."""
+    colours = _start_colours(x[0])
     particles_3d = space.scatter(x[0, :, 0], x[0, :, 1], np.full(x.shape[1], z[0]), s=3, c=colours,
                                  depthshade=False)
     particles_top = top.scatter(x[0, :, 0], x[0, :, 1], s=3, c=colours, zorder=2)
     heading = fig.suptitle("", fontsize=9)
+    for frame in range(len(z)):
+        particles_3d.remove()  # a fresh 3D scatter per frame: the public way to move its points
+        particles_3d = space.scatter(x[frame, :, 0], x[frame, :, 1], np.full(x.shape[1], z[frame]), s=3,
+                                     c=colours, depthshade=False)
+        particles_top.set_offsets(x[frame])
+        half = _frame_half_width(x[frame], centre, data_half)
+        top.set_xlim(centre[0] - half, centre[0] + half)
+        top.set_ylim(centre[1] - half, centre[1] + half)
+        heading.set_text(f"{title + ': ' if title else ''}z = {z[frame]:.3g} (frame {frame + 1}/{len(z)})")
+        writer.grab_frame()
+
+
+def save_flow_animation(x, z, data, path: PathLike, *, fps: int = 10, dpi: int = 72,
+                        title: str | None = None) -> Path:
+    """A GIF of particles x (T, B, 2) following the field from z[0] = z_max down to the data (M, 2).
+
+    One frame per recorded height. Left, the augmented space (x1, x2, z); right, the view from above,
+    zooming in from the prior's spread to the data as the particles land.
+    """
+    x, z, data = _as_arrays(x, z, data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    centre, data_half = _data_box(data)
+    fig, space, top = _flow_figure(x, z, data, centre)
     writer = PillowWriter(fps=fps)
     with writer.saving(fig, str(path), dpi=dpi):
-        for frame in range(len(z)):
-            particles_3d.remove()  # a fresh 3D scatter per frame: the public way to move its points
-            particles_3d = space.scatter(x[frame, :, 0], x[frame, :, 1], np.full(x.shape[1], z[frame]), s=3,
-                                         c=colours, depthshade=False)
-            particles_top.set_offsets(x[frame])
-            half = _frame_half_width(x[frame], centre, data_half)
-            top.set_xlim(centre[0] - half, centre[0] + half)
-            top.set_ylim(centre[1] - half, centre[1] + half)
-            heading.set_text(f"{title + ': ' if title else ''}z = {z[frame]:.3g} (frame {frame + 1}/{len(z)})")
-            writer.grab_frame()
+        _grab_frames(writer, fig, space, top, x, z, centre=centre, data_half=data_half, title=title)
     return path

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from helpers import exact_model
+from pfgm import latent
+from pfgm.field import normalized_field
 from pfgm.latent import (decode_with_temperature, flow_heights, interpolate, interpolate_latents, record_trajectories,
                          scale_latents, slerp)
-from pfgm.ode import encode, ln_z_grid, sample
+from pfgm.ode import ODEResult, SolveDiverged, encode, ln_z_grid, sample
 from pfgm.prior import sample_prior
+from pfgm.sampling import SamplerSettings, TrainedModel
 
 # Many tiny solver steps: a second torch thread only adds overhead.
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -145,3 +149,97 @@ def test_trajectories_end_where_one_solve_ends(generator):
     assert fixed.nfe == 3 * 5 and bool(torch.isfinite(fixed.x).all())
     with pytest.raises(ValueError, match="decreasing"):
         record_trajectories(model, start, torch.tensor([1.0, 2.0]))
+
+
+# --- a trained model and one sampler setting --------------------------------------------------------
+
+class ExactNet(nn.Module):
+    """The exact field of `charges` as a network: TrainedModel reads its device from a parameter."""
+
+    def __init__(self, charges: torch.Tensor):
+        super().__init__()
+        self.charges = charges
+        self.anchor = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x, z):
+        return normalized_field(x, z, self.charges, gamma=5.0)
+
+
+def _trained(charges: torch.Tensor, z_max: float = 30.0) -> TrainedModel:
+    return TrainedModel(net=ExactNet(charges), shape=tuple(charges.shape[1:]), objective="pfgm",
+                        hyperparameters={"z_max": z_max, "gamma": 5.0}, network_class="ExactNet")
+
+
+PRECISE = SamplerSettings(method="dopri5", rtol=1e-7, atol=1e-7, z_min=0.05, z_exp=None, clip_prior=False)
+
+
+def test_ode_options_are_the_setting_and_the_models_gamma():
+    model = _trained(torch.zeros(1, 2))
+    model.hyperparameters["gamma"] = 2.5
+    settings = SamplerSettings(method="euler", steps=7, schedule="power", rho=5.0, z_exp=3.0)
+    assert latent.ode_options(model, settings) == dict(method="euler", rtol=1e-4, atol=1e-4, steps=7, schedule="power",
+                                                       rho=5.0, z_exp=3.0, gamma=2.5)
+
+
+def test_encode_images_skips_the_images_whose_forward_flow_fails(monkeypatch):
+    images = torch.arange(8.0).reshape(8, 1, 1).expand(8, 1, 2).contiguous()  # image k holds k
+    model, calls = _trained(torch.zeros(1, 1, 2)), []
+
+    def fake_encode(net, x, **kwargs):
+        calls.append((float(x[0, 0, 0]), kwargs))
+        if len(calls) == 2:
+            raise SolveDiverged("gave up")
+        return ODEResult(x=x * (float("nan") if len(calls) == 3 else 2.0), nfe=10 * len(calls))
+
+    monkeypatch.setattr(latent, "encode", fake_encode)
+    settings = SamplerSettings(method="euler", steps=4, z_min=0.1, z_exp=5.0)
+    out = latent.encode_images(model, images, settings, wanted=2, attempts=3, generator=torch.Generator().manual_seed(3))
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(3)).tolist()
+    assert [c[0] for c in calls] == order[:4]  # the 2nd diverged, the 3rd came back NaN: both skipped
+    assert out.images[:, 0, 0].tolist() == [order[0], order[3]] and torch.equal(out.latents, 2 * out.images)
+    assert out.skipped == 2 and out.nfe == 10 + 30 + 40  # the NaN solve's evaluations count too
+    # The encoding takes the network's own v_z; the rest of the setting as given.
+    assert calls[0][1] == dict(z_min=0.1, z_max=30.0, method="euler", rtol=1e-4, atol=1e-4, steps=4,
+                               schedule="ln_z", rho=None, z_exp=None, gamma=5.0)
+
+    def always(net, x, **kwargs):
+        raise SolveDiverged("gave up")
+
+    monkeypatch.setattr(latent, "encode", always)
+    none = latent.encode_images(model, images, settings, wanted=2, attempts=3, generator=torch.Generator())
+    assert none.images.shape == none.latents.shape == (0, 1, 2) and none.skipped == 6 and none.nfe == 0
+
+    def broken(net, x, **kwargs):
+        raise AssertionError("shapes do not match")  # a bug, not a solver giving up: it propagates
+
+    monkeypatch.setattr(latent, "encode", broken)
+    with pytest.raises(AssertionError, match="shapes"):
+        latent.encode_images(model, images, settings, wanted=2, attempts=3, generator=torch.Generator())
+
+
+def test_encoded_images_interpolate_in_pairs_back_to_their_ends(generator):
+    charges = torch.randn(6, 2, generator=generator)
+    model = _trained(charges)
+    images = charges[:3] + 0.05 * torch.randn(3, 2, generator=generator)
+    encoded = latent.encode_images(model, images, PRECISE, wanted=3, attempts=1, generator=generator)
+    assert encoded.skipped == 0 and encoded.nfe > 0
+    path = latent.interpolate_encoded(model, encoded, PRECISE, num_points=4)
+    assert path.x.shape == (1, 4, 2)  # an odd third image is left out
+    torch.testing.assert_close(path.x[0, 0], encoded.images[0], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(path.x[0, -1], encoded.images[1], rtol=1e-3, atol=1e-3)
+
+
+def test_prior_draws_decoded_with_temperature_and_followed_down(generator):
+    charges = torch.randn(4, 2, generator=generator)
+    model = _trained(charges, z_max=20.0)
+    settings = SamplerSettings(method="euler", steps=30, z_min=1e-3, z_exp=None, clip_prior=False)
+    hot = latent.decode_prior_with_temperature(model, settings, [0.5, 1.0], num_latents=3,
+                                               generator=torch.Generator().manual_seed(1))
+    prior = sample_prior(3, (2,), z_max=20.0, generator=torch.Generator().manual_seed(1))
+    assert hot.x.shape == (3, 2, 2) and hot.nfe == 30
+    torch.testing.assert_close(hot.x[:, 1], sample(ExactNet(charges), prior, z_max=20.0, z_min=1e-3,
+                                                   method="euler", steps=30).x)
+    path = latent.prior_trajectories(model, settings, num_points=5, frames=4, generator=torch.Generator().manual_seed(1))
+    assert path.x.shape == (4, 5, 2) and path.nfe == 3 * 30
+    torch.testing.assert_close(path.z, flow_heights(20.0, 1e-3, 4))
+    torch.testing.assert_close(path.x[0], sample_prior(5, (2,), z_max=20.0, generator=torch.Generator().manual_seed(1)))

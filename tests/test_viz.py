@@ -52,6 +52,25 @@ def test_image_grid_and_rows(tmp_path, generator):
         viz.save_image_rows(colour, tmp_path / "bad.png", column_labels=["a"])
 
 
+def test_interpolation_and_temperature_rows(tmp_path, generator, monkeypatch):
+    first, second = torch.rand(2, 1, 4, 4, generator=generator), torch.rand(2, 1, 4, 4, generator=generator)
+    decoded, weights = torch.rand(2, 3, 1, 4, 4, generator=generator), torch.tensor([0.0, 0.5, 1.0])
+    _png(viz.save_interpolation(first, second, decoded, weights, tmp_path / "interpolation.png", skipped=2))
+    _png(viz.save_temperature(decoded, [0.5, 1.0, 2.0], tmp_path / "temperature.png"))
+    drawn = []
+    monkeypatch.setattr(viz, "save_image_rows", lambda rows, path, **kwargs: drawn.append((rows, kwargs)))
+    viz.save_interpolation(first, second, decoded, weights, tmp_path / "i.png", skipped=1)
+    viz.save_interpolation(first, second, decoded, weights, tmp_path / "i.png")
+    viz.save_temperature(decoded, [0.5, 1.0, 2.0], tmp_path / "t.png")
+    (rows, kwargs), (_, plain), (hot, temperature) = drawn
+    assert rows.shape == (2, 5, 1, 4, 4) and torch.equal(rows[:, 0], first) and torch.equal(rows[:, -1], second)
+    assert torch.equal(rows[:, 1:-1], decoded) and kwargs["column_labels"] == ["A", "0.00", "0.50", "1.00", "B"]
+    assert kwargs["title"] == ("test images A, B; their latents interpolated (slerp) and decoded "
+                               "(1 test image skipped: forward flow diverged)")
+    assert plain["title"] == "test images A, B; their latents interpolated (slerp) and decoded"
+    assert torch.equal(hot, decoded) and temperature["column_labels"] == ["T=0.5", "T=1", "T=2"]
+
+
 def test_nfe_vs_fid(tmp_path):
     curves = {"euler": [(20, 30.0, "20 steps"), (10, 60.0, "10 steps")], "dopri5": [(104, 12.0, "tol=1e-4")]}
     path = viz.save_nfe_vs_fid(curves, tmp_path / "sub" / "nfe_vs_fid.png", marks={"evaluate": (104, 12.5)},
