@@ -33,6 +33,7 @@ from pfgm.networks.official_snapshot import (
     ModuleDictRecord,
     PersistentRecord,
     UnsafeSnapshotError,
+    is_pfgmpp_snapshot,
     load_official_pickle,
     read_official_snapshot,
 )
@@ -342,6 +343,25 @@ def test_module_src_is_kept_as_text_and_never_executed(tmp_path: Path) -> None:
     assert list(snapshot.state_dict) == ["weight"] and torch.equal(snapshot.state_dict["weight"], weight)
     assert snapshot.init_kwargs == {"img_resolution": 8, "img_channels": 3, "channel_mult": [1, 2]}
     assert snapshot.step == 5 and type(snapshot.step) is int
+
+
+# --- telling a snapshot from a PFGM checkpoint by content ------------------------------------------------
+
+
+def test_snapshot_detection_reads_the_content_not_the_name(edm_ref: Path, ref: Path, tmp_path: Path) -> None:
+    renamed = tmp_path / "checkpoint_8.pth"  # a PFGM-like name does not make it a PFGM checkpoint
+    renamed.write_bytes((edm_ref / "ncsnpp_snapshot.pkl").read_bytes())
+    assert is_pfgmpp_snapshot(renamed) and is_pfgmpp_snapshot(edm_ref / "ddpmpp_snapshot.pt")
+    assert not is_pfgmpp_snapshot(ref / "tiny_ddpmpp_checkpoint.pth")
+
+
+def test_torch_save_files_of_plain_tensors_are_no_snapshots(tmp_path: Path) -> None:
+    state = dict(model=dict(w=torch.ones(2)), step=3)
+    torch.save(state, tmp_path / "zip.pth")
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)  # an old PFGM checkpoint
+    assert not is_pfgmpp_snapshot(tmp_path / "zip.pth") and not is_pfgmpp_snapshot(tmp_path / "legacy.pth")
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps(state, protocol=2))  # a .pkl is read as a snapshot
+    assert is_pfgmpp_snapshot(tmp_path / "plain.pkl")
 
 
 # --- the snapshot as our EDMPrecond ---------------------------------------------------------------------

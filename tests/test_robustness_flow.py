@@ -8,7 +8,6 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import yaml
 
 from flows.params import ParamsError, RobustnessParams, TrainParams, load_experiment_section, load_sections
 
@@ -55,7 +54,7 @@ def test_the_experiment_file_is_valid_and_compares_two_backbones_under_three_obj
 
 
 def test_cells_fill_network_objective_embedding_and_folder(tmp_path):
-    from flows.robustness import cells, slug
+    from flows.robustness import cells
 
     found = cells(tiny_train(), tiny(tmp_path))
     assert [c.label for c in found] == ["weak / PFGM", "weak / EDM (D=inf)", "reference / PFGM",
@@ -66,7 +65,6 @@ def test_cells_fill_network_objective_embedding_and_folder(tmp_path):
     assert weak_edm.objective == "pfgmpp" and weak_edm.D == math.inf and weak_edm.batch_size == 32
     assert found[0].params.network_kwargs["embedding"] == "log" and found[0].params.batch_size == 64
     assert weak_edm.out == str(tmp_path / "models" / "NCSNv2Small-edm-d-inf")
-    assert slug("PFGM++ D=128") == "pfgm-pp-d-128"
 
 
 def test_a_bad_cell_is_named_before_anything_is_trained(tmp_path):
@@ -94,24 +92,17 @@ def test_one_protocol_for_every_objective():
     assert [(s.method, s.steps) for _, s in pfgmpp] == [("edm_heun", 2), ("edm_heun", 3)]
 
 
-def test_table_rows_and_markdown(tmp_path):
-    from flows.robustness import cells, markdown, table_rows
-    from flows.params import SweepParams
+def test_the_sweep_table_becomes_one_row_per_cell_in_cell_order(tmp_path):
+    from flows.robustness import cells
+    from pfgm.robustness import table_rows
 
-    params = tiny(tmp_path)
-    found = cells(tiny_train(), params)
-    sweep = pd.DataFrame([dict(checkpoint=c.label, steps=n, nfe=2 * n - 1, fid=fid)
-                          for c, fids in zip(found, [(20.0, 10.0), (40.0, 30.0), (10.0, 5.0), (float("nan"), 6.0)])
-                          for n, fid in zip((2, 3), fids)])
-    rows = table_rows(found, sweep, [2, 3])
-    assert rows[0] == dict(backbone="weak", objective="PFGM", fid_2=20.0, nfe_2=3.0, fid_3=10.0, nfe_3=5.0)
-    text = markdown(rows, found, params, name="digits", floor=2.5, sweep=SweepParams(num_samples=50),
-                    published=[dict(method="VP-ODE", backbone="NCSNv2", data="CIFAR-10", metric="FID", relation=">",
-                                    value="90", source="src", note="a bound")],
-                    seconds=dict(train=60.0, sweep=30.0, norms=6.0))
-    assert "| weak | PFGM | 20.00 | 10.00 |" in text and "| reference | EDM (D=inf) | diverged | 6.00 |" in text
-    assert "- PFGM: reference 5.00 / weak 10.00 = 0.50" in text and "- EDM (D=inf): reference 6.00 / weak 30.00 = 0.20" in text
-    assert "data floor 2.50" in text and "training 1.0 min" in text and "VP-ODE with NCSNv2 on CIFAR-10: FID > 90" in text
+    found = cells(tiny_train(), tiny(tmp_path))
+    sweep = pd.DataFrame([dict(checkpoint=c.label, steps=n, nfe=2 * n - 1, fid=10.0 * i + n)
+                          for i, c in enumerate(reversed(found)) for n in (2, 3)])
+    rows = table_rows([(c.backbone, c.objective) for c in found], sweep, [2, 3])
+    assert [(r["backbone"], r["objective"], r["fid_3"]) for r in rows] == [
+        ("weak", "PFGM", 33.0), ("weak", "EDM (D=inf)", 23.0), ("reference", "PFGM", 13.0),
+        ("reference", "EDM (D=inf)", 3.0)]
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ Layouts read (shared/reference/edm/README.md, "Snapshots"):
                             ('storage', torch.<T>Storage, key, location, numel) name <archive>/data/<key>
     network-snapshot-*.pkl  EDM's pickle.dump(dict(ema, loss_fn, augment_pipe, dataset_kwargs))
 Every storage is loaded on the CPU whatever its recorded location (real `.pt` files say `cuda:0`).
+`is_pfgmpp_snapshot` tells such a file from a PFGM (score_sde) checkpoint by its content, not its name.
 
 The state dict is rebuilt by walking a module's `_parameters`, its persistent `_buffers`, then its
 `_modules`, which is the order of `nn.Module.state_dict()`.
@@ -44,6 +45,7 @@ __all__ = [
     "OfficialSnapshot",
     "PersistentRecord",
     "UnsafeSnapshotError",
+    "is_pfgmpp_snapshot",
     "load_official_pickle",
     "read_official_snapshot",
 ]
@@ -52,6 +54,8 @@ NETWORK_KEYS = ("ema", "net")  # the entries of the official layouts that hold a
 _META_KEYS = {"type", "version", "module_src", "class_name", "state"}
 _MODULE_DICTS = ("_parameters", "_buffers", "_modules")  # what makes a pickled __dict__ a module's
 _LEGACY_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first object of a pre-zip torch.save stream
+#: How a pre-zip torch.save stream starts: protocol 2, then the magic number as a 10-byte LONG1.
+_LEGACY_TORCH_HEAD = b"\x80\x02\x8a\x0a" + _LEGACY_TORCH_MAGIC.to_bytes(10, "little")
 
 
 class UnsafeSnapshotError(pickle.UnpicklingError):
@@ -258,11 +262,16 @@ def _archive_storages(archive: zipfile.ZipFile, prefix: str, source: str) -> Cal
     return storage
 
 
+def _data_pickles(names: list[str]) -> list[str]:
+    """The `<archive>/data.pkl` entries of a torch.save zip (one in a well-formed file)."""
+    return [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+
+
 def _load_torch_zip(path: Path) -> Any:
     """The object of a torch.save zip archive, its data.pkl read by the restricted unpickler."""
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
-        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        pickles = _data_pickles(names)
         if len(pickles) != 1:
             raise ValueError(f"{path}: a torch.save archive has one <archive>/data.pkl, found {pickles}")
         prefix = pickles[0].removesuffix("data.pkl")
@@ -290,6 +299,20 @@ def load_official_pickle(path: str | Path) -> Any:
     if isinstance(data, int) and data == _LEGACY_TORCH_MAGIC:
         raise ValueError(f"{path}: a pre-1.6 (non-zip) torch.save file; only zip .pt and .pkl are read")
     return data
+
+
+def is_pfgmpp_snapshot(path: str | Path) -> bool:
+    """Whether `path` is to be read as an official PFGM++/EDM snapshot, from its content, not its name.
+
+    A torch.save zip is one when its pickle names `torch_utils.persistence` (the official networks are
+    pickled through it; a PFGM checkpoint holds plain tensors). A file that is no zip is one unless it
+    starts like a pre-1.6 torch.save stream (an old PFGM checkpoint): `.pkl` snapshots are plain pickles.
+    """
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return any(b"torch_utils.persistence" in archive.read(n) for n in _data_pickles(archive.namelist()))
+    with Path(path).open("rb") as file:
+        return not file.read(len(_LEGACY_TORCH_HEAD)).startswith(_LEGACY_TORCH_HEAD)
 
 
 # --- from records to a state dict and kwargs ------------------------------------------------------------
