@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from flows.params import ReportParams, load_sections, params_parser
 from flows.tracking import configure, resolve_device
 from pfgm import data as pdata
 from pfgm import tables
+from pfgm.files import staged_folder
 from pfgm.published import load_published
 from pfgm.sampling import load_trained
 
@@ -73,18 +72,6 @@ def check_inputs(params: ReportParams, data_dir: str, model_path: str, evaluate_
 
 
 # --- the flow --------------------------------------------------------------------------------------
-
-def publish(staging: Path, out: Path) -> list[str]:
-    """Move the staged files into `out`, removing report files this run did not produce (stale ones)."""
-    out.mkdir(parents=True, exist_ok=True)
-    produced = sorted(p.name for p in staging.iterdir())
-    for name in REPORT_FILES:
-        if name not in produced and (out / name).is_file():
-            (out / name).unlink()
-    for name in produced:
-        os.replace(staging / name, out / name)
-    return produced
-
 
 def _run_params(params: ReportParams, inputs: Inputs, data_dir: str, model_path: str, evaluate_path: str,
                 sweep_path: str) -> dict[str, Any]:
@@ -119,22 +106,17 @@ def report(params: ReportParams, data_dir: str, model_path: str, evaluate_path: 
     """
     inputs = check_inputs(params, data_dir, model_path, evaluate_path, sweep_path)
     out = Path(params.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tags = {"stage": "report", "data": inputs.name, "table_data": inputs.table_data}
-    try:
-        with mlflow.start_run(run_name="report", tags=tags) as run:
-            mlflow.log_params(_run_params(params, inputs, data_dir, model_path, evaluate_path, sweep_path))
-            rows = write_table(inputs, staging, evaluate_path=evaluate_path, sweep_path=sweep_path,
-                               sweep_num_samples=sweep_num_samples, sweep_protocol=sweep_protocol)
-            with torch_threads(params.threads):
-                metrics = draw_pictures(params, inputs, data_dir, staging, perturbation)
-            metrics |= tables.our_metrics(rows)
-            mlflow.log_metrics(metrics)
-            mlflow.log_artifacts(str(staging))
-        files = publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staged_folder(out, REPORT_FILES) as staging, mlflow.start_run(run_name="report", tags=tags) as run:
+        mlflow.log_params(_run_params(params, inputs, data_dir, model_path, evaluate_path, sweep_path))
+        rows = write_table(inputs, staging, evaluate_path=evaluate_path, sweep_path=sweep_path,
+                           sweep_num_samples=sweep_num_samples, sweep_protocol=sweep_protocol)
+        with torch_threads(params.threads):
+            metrics = draw_pictures(params, inputs, data_dir, staging, perturbation)
+        metrics |= tables.our_metrics(rows)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(staging))
+        files = sorted(p.name for p in staging.iterdir())
     get_run_logger().info("report written to %s: %s", out, ", ".join(files))
     return dict(out=str(out), files=files, table=[asdict(r) for r in rows], metrics=metrics, run_id=run.info.run_id)
 

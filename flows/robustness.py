@@ -40,6 +40,7 @@ from flows.train import train as train_flow
 from pfgm import data as pdata
 from pfgm import pfgmpp
 from pfgm import robustness as experiment
+from pfgm.files import staged_folder
 from pfgm.robustness import FILES, Report, cell_label, slug
 from pfgm.sampling import SamplerSettings
 
@@ -162,7 +163,7 @@ def run_experiment(found: list[Cell], manifest: dict[str, Any], data: DataParams
     report = Report(name=manifest["name"], rows=rows, panels=panels, steps=list(params.steps), floor=floor,
                     num_samples=protocol.num_samples, fid_reference=protocol.fid_reference, training=training,
                     published=params.published, seconds=seconds, columns=len(params.objectives))
-    with experiment.staged(params.out) as staging:
+    with staged_folder(params.out, FILES) as staging:
         with mlflow.start_run(run_name="robustness", tags={"stage": "robustness", "data": report.name}) as run:
             mlflow.log_params({"cells": ", ".join(cell.label for cell in found), "steps": str(list(params.steps)),
                                "sweep_run_id": result.run_id, "train_steps": str(train.steps),

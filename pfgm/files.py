@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -61,3 +62,26 @@ def save_torch(path: PathLike, obj: Any) -> Path:
     with atomic_write(path, "wb") as file:
         torch.save(obj, file)
     return Path(path)
+
+
+@contextmanager
+def staged_folder(out: PathLike, managed: Sequence[str]) -> Iterator[Path]:
+    """A staging folder beside the folder `out` to write a set of files into; when the block exits cleanly
+    they replace those of `out` (each by one rename), and the files named in `managed` that the block did
+    not write are removed from `out` (stale ones from an earlier run). When it raises, `out` is left as it
+    was. The staging folder is removed either way.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield staging
+        out.mkdir(parents=True, exist_ok=True)
+        produced = {p.name for p in staging.iterdir()}
+        for name in set(managed) - produced:
+            (out / name).unlink(missing_ok=True)
+        for name in produced:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+

@@ -20,10 +20,7 @@ import csv
 import math
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,7 @@ from pfgm.diagnostics import NormCurve
 from pfgm.sampling import SamplerSettings, load_trained
 
 __all__ = ["FILES", "Report", "cell_label", "cell_metrics", "data_floor", "markdown", "metric_key", "norm_panels",
-           "read_published", "slug", "staged", "table_rows", "training_note", "weakness_ratios",
+           "read_published", "slug", "table_rows", "training_note", "weakness_ratios",
            "write_report", "write_table_csv"]
 
 #: What write_report writes.
@@ -198,22 +195,6 @@ def write_report(folder: str | os.PathLike, report: Report) -> None:
                          title=f"{report.name}: ||x|| against z (PFGM) or sigma (PFGM++), "
                                "sampling and perturbed training points (shaded: ±1 std)")
     diagnostics.write_norm_csv(report.panels, folder / "norm_z.csv")
-
-
-@contextmanager
-def staged(out: str | os.PathLike) -> Iterator[Path]:
-    """A staging folder beside the folder `out` to write FILES into (write_report): they replace those of
-    `out` when the block ends cleanly, all of them, and none when it raises; the staging folder goes either way."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield staging
-        out.mkdir(parents=True, exist_ok=True)
-        for name in FILES:
-            os.replace(staging / name, out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_table_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:

@@ -33,3 +33,24 @@ def test_only_whole_file_modes(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with files.atomic_write(tmp_path / "x", "a"):
             pass
+
+
+def test_a_staged_folder_replaces_files_only_on_success(tmp_path):
+    out = tmp_path / "reports" / "run"
+    managed = ("table.md", "table.csv", "old.png")
+    out.mkdir(parents=True)
+    (out / "old.png").write_text("stale")
+    (out / "notes.txt").write_text("not ours")
+    with files.staged_folder(out, managed) as staging:
+        for name in ("table.md", "table.csv"):
+            (staging / name).write_text(name)
+        assert not (out / "table.md").exists()  # nothing published inside the block
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "table.csv", "table.md"]  # stale old.png gone
+    assert (out / "table.md").read_text() == "table.md"
+    with pytest.raises(RuntimeError):
+        with files.staged_folder(out, managed) as staging:
+            (staging / "table.md").write_text("new")
+            raise RuntimeError("logging failed")
+    assert (out / "table.md").read_text() == "table.md" and (out / "table.csv").exists()  # untouched
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run"]  # no staging folder left
+

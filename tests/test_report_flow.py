@@ -132,7 +132,7 @@ def test_report_on_digits(prefect_test_env, tracking, digits, tmp_path):
     sampling = [r for r in norms if r["curve"] == "sampling"]
     assert len(sampling) == params.steps and {r["variable"] for r in norms} == {"z"}
     assert float(sampling[0]["height"]) > float(sampling[-1]["height"]) and int(sampling[0]["count"]) == 16
-    train_rows = min(2000, len(pdata.load_split(digits, "train")))  # report.NORM_TRAINING_ROWS at most
+    train_rows = min(2000, len(pdata.load_split(digits, "train")))  # flows.report_pictures.NORM_TRAINING_ROWS at most
     assert sum(int(r["count"]) for r in norms if r["curve"] == "training (perturbed)") == train_rows
     assert run.data.metrics["norm_spread_training"] > 0 and run.data.metrics["norm_spread_sampling"] >= 0
     assert {a.path for a in MlflowClient().list_artifacts(run.info.run_id)} == set(result["files"])
@@ -204,11 +204,12 @@ def test_missing_sweep_table_is_named_and_starts_no_run(prefect_test_env, tracki
 def test_an_error_during_the_run_fails_it_and_publishes_nothing(prefect_test_env, tracking, digits, tmp_path,
                                                                 monkeypatch):
     from flows import report as report_module
+    from pfgm import viz
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(report_module.viz, "save_image_grid", broken)
+    monkeypatch.setattr(viz, "save_image_grid", broken)
     params = small_params(tmp_path)
     with pytest.raises(RuntimeError, match="disk full"):
         report_module.report(params, data_dir=str(digits), model_path=str(make_checkpoint(tmp_path / "model.pt")),
@@ -221,6 +222,7 @@ def test_an_error_during_the_run_fails_it_and_publishes_nothing(prefect_test_env
 
 def test_images_whose_forward_flow_diverges_are_skipped(prefect_test_env, tracking, digits, tmp_path, monkeypatch):
     from flows import report as module
+    from flows.report_pictures import ENCODE_ATTEMPTS
     from pfgm import latent
     from pfgm.sampling import SolveDiverged
 
@@ -247,7 +249,7 @@ def test_images_whose_forward_flow_diverges_are_skipped(prefect_test_env, tracki
     params = small_params(tmp_path / "all")
     result = module.report(params, **paths)
     assert "interpolation.png" not in result["files"] and "temperature.png" in result["files"]
-    assert result["metrics"]["interpolation_skipped_images"] == 2 * params.interpolation_pairs * module.ENCODE_ATTEMPTS
+    assert result["metrics"]["interpolation_skipped_images"] == 2 * params.interpolation_pairs * ENCODE_ATTEMPTS
     assert result["metrics"]["nfe_interpolation"] == 0 and result["metrics"]["interpolation_pairs"] == 0
     assert mlflow.get_run(result["run_id"]).info.status == "FINISHED"
 

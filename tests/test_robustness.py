@@ -21,7 +21,6 @@ from pfgm.robustness import (
     norm_panels,
     read_published,
     slug,
-    staged,
     table_rows,
     training_note,
     weakness_ratios,
@@ -155,20 +154,6 @@ def test_write_report_writes_every_file(tmp_path):
     assert read_published(tmp_path / "published.csv") == PUBLISHED
     with open(folder / "norm_z.csv", newline="") as f:
         assert {r["model"] for r in csv.DictReader(f)} == set(hand_panels())
-
-
-def test_staged_files_replace_the_folder_only_on_success(tmp_path):
-    out = tmp_path / "reports" / "robustness"
-    with staged(out) as staging:
-        for name in FILES:
-            (staging / name).write_text(name)
-    assert sorted(p.name for p in out.iterdir()) == sorted(FILES) and (out / "table.md").read_text() == "table.md"
-    with pytest.raises(RuntimeError):
-        with staged(out) as staging:
-            (staging / "table.md").write_text("new")
-            raise RuntimeError("logging failed")
-    assert (out / "table.md").read_text() == "table.md"  # untouched
-    assert sorted(p.name for p in out.parent.iterdir()) == ["robustness"]  # no staging folder left
 
 
 def test_norm_panels_draw_both_curves_of_each_model_reproducibly(tmp_path):
