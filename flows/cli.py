@@ -25,8 +25,7 @@ from typing import Any
 
 from flows.checks import check_devices
 from flows.params import ParamsError, load_params
-from pfgm.data import MissingFilesError, check_raw_files
-from pfgm.data.store import DataError
+from pfgm.datafiles import DataError, MissingFilesError, check_raw_files
 
 BAD_INPUT = (ParamsError, DataError, MissingFilesError, FileNotFoundError)
 BAD_INPUT_STATUS, FAILED_STATUS = 2, 1
