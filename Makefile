@@ -39,8 +39,10 @@ ifneq ($(abspath $(PARAMS)),$(abspath params.yaml))
 	@echo "params.yaml is now a copy of $(PARAMS) (git checkout params.yaml restores the default)"
 endif
 
-# DVC runs each stage's `python -m flows.<stage>` with the virtualenv first on PATH, all stages against
-# one Prefect server (scripts/with_prefect_server.py; none is started when PREFECT_API_URL is set).
+# DVC runs each stage's `python -m flows <stage>` (the front door: flows/__main__.py checks the stage's
+# params and inputs before it imports torch, Prefect and MLflow) with the virtualenv first on PATH, all
+# stages against one Prefect server (scripts/with_prefect_server.py; none is started when PREFECT_API_URL
+# is set).
 main: params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/with_prefect_server.py -- $(BIN)/dvc repro
 	$(BIN)/dvc metrics show
@@ -51,6 +53,7 @@ test: $(BIN)/.installed-dev
 bench: setup
 	$(BIN)/python benchmarks/field.py
 	$(BIN)/python benchmarks/train.py
+	$(BIN)/python benchmarks/bad_input.py
 
 # On a GPU machine: the tests marked gpu (each skips without CUDA), then CUDA throughput against the CPU
 # and bf16 against float32 (benchmarks/gpu_throughput.py prints one line and exits 0 without CUDA).

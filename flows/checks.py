@@ -4,29 +4,35 @@ yet all are known before any work: each flow's `main` calls its `check_<stage>` 
 and `python -m flows.cli` checks the devices before a pipeline starts. Every refusal is an exception
 (a ParamsError, or FileNotFoundError for a missing file) whose message leads with the key to change, so
 the command line prints `error: <key>: ...` and exits 2.
+
+Nothing here imports torch, Prefect or MLflow at import time (the front door, python -m flows, runs these
+checks before the stage imports them): torch only when a cuda or mps device must be asked for.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
-
-import torch
 
 from flows.params import (DataParams, EvaluateParams, Params, ParamsError, ReportParams, SweepParams,
                            TrainParams)
-from pfgm.data.store import MANIFEST
+from pfgm.datafiles import MANIFEST, check_raw_files
 
 #: The trained model's file name inside train.out (what the train stage writes, the later stages read).
 MODEL_FILE = "model.pt"
+#: Devices every machine has, and those check_device asks the machine for; any other is refused without
+#: importing torch (the pipeline runs on cpu, cuda and mps only).
+_EVERY_MACHINE, _MACHINE_DEVICE = re.compile(r"auto|cpu(:\d+)?"), re.compile(r"(cuda|mps)(:\d+)?")
 
 
 def check_device(key: str, spec: str) -> None:
     """`auto`, `cpu`, or a device this machine has (cuda, cuda:N, mps); ParamsError naming `key` otherwise."""
-    if spec in ("auto", "cpu"):
+    if _EVERY_MACHINE.fullmatch(spec):
         return
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ParamsError(f"{key}: {spec!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if not _MACHINE_DEVICE.fullmatch(spec):
+        raise ParamsError(f"{key}: {spec!r} is not a device; use auto, cpu, cuda or cuda:N")
+    import torch  # only now: asking the machine for its devices needs it, and importing it takes seconds
+
+    device = torch.device(spec)
     if device.type == "cuda":
         # device_count asks the driver without starting a CUDA context: cheap, and safe before a fork.
         count = torch.cuda.device_count()
@@ -63,6 +69,11 @@ def require_file(key: str, path: str | Path, remedy: str) -> None:
 def _require_model(key: str, path: str | Path) -> None:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{key}: no trained model at {path} (run the train stage first: dvc repro train)")
+
+
+def check_prepare(data: DataParams) -> None:
+    """What flows.prepare needs before it starts: the raw files of its data set (or their download)."""
+    check_raw_files(data.name, data.root, download=data.download)
 
 
 def check_train(train: TrainParams, data: DataParams) -> None:

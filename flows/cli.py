@@ -1,5 +1,6 @@
 """The flows as commands: bad input is one line on stderr, never a traceback.
 
+    python -m flows <stage> --params params.yaml [--debug]     (the front door: flows/__main__.py)
     python -m flows.<stage> --params params.yaml [--debug]
 
 `command_line(main)` runs a flow module's `main(argv)`. What the user can fix — a bad or missing
@@ -15,6 +16,8 @@ their own `ERROR: ...` lines the same way.
 checks a params file before a pipeline starts any server (`make main` does): every section present
 and valid, every device on this machine, and the raw files its data set needs in place (or to be
 downloaded). What earlier stages produce (prepared data, the model) each stage checks at its start.
+This module imports no torch, Prefect or MLflow (flows.checks asks torch only about cuda and mps
+devices), so that both commands answer bad input in about a second.
 """
 from __future__ import annotations
 
@@ -23,10 +26,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from flows.checks import check_devices
+from flows.checks import check_devices, check_prepare
 from flows.params import ParamsError, load_params
-from pfgm.data import MissingFilesError, check_raw_files
-from pfgm.data.store import DataError
+from pfgm.datafiles import DataError, MissingFilesError
 
 BAD_INPUT = (ParamsError, DataError, MissingFilesError, FileNotFoundError)
 BAD_INPUT_STATUS, FAILED_STATUS = 2, 1
@@ -62,7 +64,7 @@ def check_params(argv: list[str] | None = None) -> None:
     path = (argv or ["params.yaml"])[0]
     params = load_params(path)
     check_devices(params)
-    check_raw_files(params.data.name, params.data.root, download=params.data.download)
+    check_prepare(params.data)
 
 
 if __name__ == "__main__":

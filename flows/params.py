@@ -10,7 +10,6 @@ To add a stage, write its section model here and add a field to `Params` with th
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 from typing import Annotated, Any, Literal
@@ -18,10 +17,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from pfgm.networks.edm import MODEL_TYPES, precond_kwargs
-from pfgm.ode import ADAPTIVE_METHODS, METHODS
-from pfgm.training.checkpoint import NETWORKS
-from pfgm.zsolvers import GENERIC, SCHEDULES, SOLVERS
+# The catalog of names, not the modules that implement them: those import torch, which takes seconds.
+from pfgm.names import (ADAPTIVE_METHODS, BACKBONE_ARGUMENTS, GENERIC, METHODS, NETWORK_ARGUMENTS, NETWORKS,
+                        SCHEDULES, ZSOLVERS)
 
 DatasetName = Literal[
     "digits",
@@ -99,24 +97,20 @@ AugmentedDims = Annotated[int | float, AfterValidator(_augmented_dims)]
 """PFGM++'s D: an integer >= 1, or .inf in YAML for the D -> infinity limit (EDM's objective)."""
 
 
-NetworkName = Literal["FieldMLP", "FieldConvNet", "DDPMpp", "NCSNv2Small", "EDMPrecond"]
+NetworkName = Literal[NETWORKS]
 """Field networks (FieldMLP, FieldConvNet, DDPMpp, NCSNv2Small: the weak backbone of the robustness
 experiment) serve both objectives; EDMPrecond (EDM's denoiser around SongUNet, NCSN++ / DDPM++) trains
 pfgmpp only."""
 
 
-def network_arguments(network: str, kwargs: dict[str, Any]) -> set[str] | None:
-    """Keyword names the network class takes (EDMPrecond: its own and its backbone's, by model_type);
-    None when it takes any (**kwargs)."""
+def network_arguments(network: str, kwargs: dict[str, Any]) -> set[str]:
+    """Keyword names the network class takes (EDMPrecond: its own and its backbone's, by model_type)."""
     if network == "EDMPrecond":
         model_type = kwargs.get("model_type", "SongUNet")
-        if model_type not in MODEL_TYPES:
-            raise ValueError(f"model_type: unknown backbone {model_type!r} (known: {', '.join(MODEL_TYPES)})")
-        return set(precond_kwargs(model_type))
-    parameters = inspect.signature(NETWORKS[network]).parameters.values()
-    if any(p.kind == p.VAR_KEYWORD for p in parameters):
-        return None
-    return {p.name for p in parameters}
+        if model_type not in BACKBONE_ARGUMENTS:
+            raise ValueError(f"model_type: unknown backbone {model_type!r} (known: {', '.join(BACKBONE_ARGUMENTS)})")
+        return {*NETWORK_ARGUMENTS[network], *BACKBONE_ARGUMENTS[model_type]}
+    return set(NETWORK_ARGUMENTS[network])
 
 
 class TrainParams(Section):
@@ -185,7 +179,7 @@ class TrainParams(Section):
         if network is None:
             return kwargs  # the network itself is invalid and reported
         known = network_arguments(network, kwargs)
-        unknown = sorted(set(kwargs) - known) if known is not None else []
+        unknown = sorted(set(kwargs) - known)
         if unknown:
             raise ValueError(f"{', '.join(unknown)}: not an argument of {network} (known: {', '.join(sorted(known))})")
         return kwargs
@@ -212,7 +206,7 @@ StepCount = Annotated[int, Field(ge=1)]
 
 def _carries_density(method: str) -> str:
     # The z-solvers but the generic ones step the data point alone, without the log-density term.
-    if method in SOLVERS and method not in GENERIC:
+    if method in ZSOLVERS and method not in GENERIC:
         raise ValueError(f"{method} steps the data point alone and cannot carry the log-density; use one of "
                          f"{sorted(GENERIC)} or a torchdiffeq method")
     return method

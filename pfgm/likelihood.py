@@ -42,6 +42,7 @@ from torch import Tensor
 from pfgm import pfgmpp, zsolvers
 from pfgm._checks import check_finite, check_tensor
 from pfgm._random import draw
+from pfgm.names import GENERIC
 from pfgm.data.store import EIGHT_BIT_LEVELS, uint8_levels
 from pfgm.pfgmpp import Denoiser
 from pfgm.ode import Model, SolveDiverged, _check_heights, _FieldLineDrift, _Solver
@@ -119,9 +120,9 @@ def _check_hutchinson(hutchinson: int | None) -> None:
 
 
 def _check_method(method: str) -> None:
-    if method in zsolvers.SOLVERS and method not in zsolvers.GENERIC:
+    if method in zsolvers.SOLVERS and method not in GENERIC:
         raise ValueError(f"method {method!r} steps the data point alone and cannot carry the log-density; "
-                         f"use one of {sorted(zsolvers.GENERIC)} or a torchdiffeq method")
+                         f"use one of {sorted(GENERIC)} or a torchdiffeq method")
 
 
 def _encode_with_divergence(drift: Callable[[Tensor, Tensor], Tensor], x: Tensor, solver: _Solver, grid: Tensor,

@@ -36,27 +36,14 @@ from typing import Callable
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
-from torchdiffeq._impl.odeint import SOLVERS
 
 from pfgm import zsolvers
 from pfgm._checks import check_finite, check_positive, check_tensor
+from pfgm.names import ADAPTIVE_METHODS, METHODS, TORCHDIFFEQ_METHODS
 
 Model = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict], None]
 
-#: Our method names -> (torchdiffeq method, options we add). "euler" is the official step in z
-#: (pfgm.zsolvers), so torchdiffeq's Euler in ln z keeps an honest name of its own. Its explicit Adams
-#: default (order 12) diverges on a fixed grid: y' = -y on [0, 1] with 100 steps ends at 0.735
-#: instead of 0.368; order 4 is right.
-TORCHDIFFEQ_METHODS = {
-    **{name: (name, {}) for name in SOLVERS if name not in ("euler", "scipy_solver")},
-    "euler_ln_z": ("euler", {}),
-    "explicit_adams": ("explicit_adams", {"max_order": 4}),
-    "scipy_rk45": ("scipy_solver", {"solver": "RK45"}),
-}
-#: Methods that choose their own steps (tolerances); all others walk a grid of `steps` steps.
-ADAPTIVE_METHODS = frozenset({"dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun", "scipy_rk45"})
-METHODS = tuple(sorted({*zsolvers.SOLVERS, *TORCHDIFFEQ_METHODS}))
 #: How torchdiffeq's adaptive solvers say they gave up: it raises a bare AssertionError, so its text is
 #: the only way to tell a diverged solve from a bug, and this is the one place that reads it.
 GAVE_UP = ("underflow in dt", "max_num_steps exceeded")

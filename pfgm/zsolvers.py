@@ -28,11 +28,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from pfgm.names import SCHEDULES
+
 Drift = Callable[[Tensor, Tensor], Tensor]  # f(t (0-dim float64), x (B, N)) -> dx/dt (B, N)
 StepCallback = Callable[[int, Tensor], None]
-
-#: Grid schedules: uniform in ln z (the official grid), or EDM's power schedule applied to z.
-SCHEDULES = ("ln_z", "power")
 
 
 def uniform_ln_z(z_start: float, z_end: float, steps: int, *, device=None) -> Tensor:
@@ -128,9 +127,9 @@ def dpmpp_2m(drift: Drift, x: Tensor, grid: Tensor, *, callback: StepCallback | 
     return x
 
 
-#: Our solvers by method name; `generic` ones integrate any state (e.g. x with its log-density).
+#: Our solvers by method name (pfgm.names.ZSOLVERS); pfgm.names.GENERIC says which integrate any state (e.g.
+#: x with its log-density).
 SOLVERS: dict[str, Callable[..., Tensor]] = {"euler": euler, "heun": heun, "dpmpp_2m": dpmpp_2m}
-GENERIC = frozenset({"euler", "heun"})
 
 
 def evaluations(method: str, steps: int) -> int:

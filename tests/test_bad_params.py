@@ -2,7 +2,8 @@
 before any Prefect server or MLflow store exists, nothing written.
 
 Each row takes the project's params.yaml, changes it (dotted key -> new value, DELETE removes the key),
-runs one command on it in a scratch folder and names the key the one error line must lead with.
+runs one command on it in a scratch folder and names the key the one error line must lead with. The
+stage rows run what dvc.yaml runs: the front door, python -m flows <stage> (flows/__main__.py).
 """
 from __future__ import annotations
 
@@ -22,14 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "params.yaml").read_text())
 DELETE = object()
 PREPARED = "{prepared}"  # a prepared data folder outside the scratch folder (the `prepared` fixture)
-# The bound is generous: importing torch alone takes 2 s on an idle machine and 6-10 s on a busy shared
-# one; what it guards against is a Prefect server (10 s and more) or a training run starting.
+# The bound is generous: the commands refuse bad input before importing torch (about a second), but a busy
+# shared machine is slow at anything; what it guards against is a Prefect server (10 s and more) or a
+# training run starting. benchmarks/bad_input.py measures the seconds.
 SECONDS = float(os.environ.get("PFGM_BAD_INPUT_SECONDS", "60"))
 
 
 @dataclass(frozen=True)
 class Case:
-    command: str  # "cli" (python -m flows.cli FILE) or a stage (python -m flows.<stage> --params FILE)
+    command: str  # "cli" (python -m flows.cli FILE) or a stage (python -m flows <stage> --params FILE)
     changes: dict[str, Any]
     key: str  # what the error line starts with, after `error: `
     text: str | None = field(default=None)  # the whole file instead of changes to params.yaml
@@ -111,7 +113,7 @@ def test_bad_input_is_one_line_naming_the_key(tmp_path, prepared, prefect_home, 
     path = tmp_path / "bad.yaml"
     path.write_text(case.text if case.text is not None else yaml.safe_dump(_changed(case.changes, prepared)))
     args = ["-m", "flows.cli", path.name] if case.command == "cli" else \
-        ["-m", f"flows.{case.command}", "--params", path.name]
+        ["-m", "flows", case.command, "--params", path.name]
     started = time.monotonic()
     run = subprocess.run([sys.executable, *args], cwd=tmp_path, env=_environment(prefect_home),
                          capture_output=True, text=True, timeout=300)

@@ -16,7 +16,6 @@ from pfgm.data.features import (
 from pfgm.data.images import (
     build_celeba64,
     build_cifar10,
-    check_raw_files,
     build_ffhq64,
     build_folder,
     build_lsun_bedroom256,
@@ -24,9 +23,6 @@ from pfgm.data.images import (
     resize_center_crop,
 )
 from pfgm.data.store import (
-    ChecksumError,
-    DataError,
-    MissingFilesError,
     Prepared,
     images_to_unit,
     iterate_batches,
@@ -43,6 +39,7 @@ from pfgm.data.store import (
     write_prepared,
 )
 from pfgm.data.toys import TOYS, build_toy
+from pfgm.datafiles import ChecksumError, DataError, MissingFilesError, check_raw_files
 
 __all__ = [
     "TOYS",

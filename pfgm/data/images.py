@@ -29,25 +29,15 @@ from PIL import Image, UnidentifiedImageError
 
 from pfgm.data.download import DownloadError, Fetch, download_verified, md5_file, safe_extract_tar
 from pfgm.data.store import ChecksumError, DataError, MissingFilesError, Prepared, split_indices
+from pfgm.datafiles import (CELEBA_DIR, CELEBA_PARTITION, CIFAR10_ARCHIVE, CIFAR10_DIR, CIFAR10_MD5, CIFAR10_TEST,
+                            CIFAR10_TRAIN, CIFAR10_URL, FFHQ64_DIR, LSUN_BEDROOM_DIR, LSUN_BEDROOM_LMDB,
+                            LSUN_BEDROOM_VAL_LMDB, celeba_hint, check_raw_files, cifar10_hint, cifar10_missing,
+                            ffhq_hint, lsun_hint, missing_folder)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
-
-CIFAR10_DIR = "cifar-10-batches-py"
-CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR10_TEST = ("test_batch",)
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # published with the archive; torchvision checks the same
-
-CELEBA_DIR = "img_align_celeba"
-CELEBA_PARTITION = "list_eval_partition.txt"
+#: CelebA's partition codes. (The raw files' names and places, and the check that they are there, live in
+#: pfgm.datafiles: the command line checks them before it imports torch.)
 CELEBA_PARTITIONS = {0: "train", 1: "valid", 2: "test"}
-CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
-
-LSUN_BEDROOM_DIR = "bedroom_train"
-LSUN_BEDROOM_LMDB = "bedroom_train_lmdb"
-LSUN_BEDROOM_VAL_LMDB = "bedroom_val_lmdb"
-LSUN_TOOLS_URL = "https://github.com/fyu/lsun"
 
 
 # --- image operations ----------------------------------------------------------------------------
@@ -211,7 +201,7 @@ def _folder_dataset(
     max_images: int | None,
     hint: str,
 ) -> Prepared:
-    problem = _missing_folder(name, folder, hint)
+    problem = missing_folder(name, folder, hint)
     if problem is not None:
         raise MissingFilesError(problem)
     paths = list_images(folder)
@@ -272,14 +262,6 @@ def read_celeba_partition(path: str | os.PathLike) -> dict[str, int]:
     return partition
 
 
-def _celeba_hint(root: Path) -> str:
-    return (f"CelebA has no stable unauthenticated download (it is shared through Google Drive and Baidu "
-            f"after agreeing to its terms), so data.download does not fetch it: get img_align_celeba.zip "
-            f"and Eval/{CELEBA_PARTITION} from {CELEBA_URL}, extract the zip into {root} (giving "
-            f"{root / CELEBA_DIR}/000001.jpg ... 202599.jpg) and put {CELEBA_PARTITION} at "
-            f"{root / CELEBA_PARTITION} for the official split.")
-
-
 def _celeba_official(root: Path, max_images: int | None) -> Prepared:
     """CelebA split by its partition file: train = partition 0, test = partition 2 (1 unused)."""
     folder, partition_file = root / CELEBA_DIR, root / CELEBA_PARTITION
@@ -326,22 +308,13 @@ def build_celeba64(
     if (root / CELEBA_PARTITION).is_file():
         return _celeba_official(root, max_images)
     prepared = _folder_dataset(
-        "celeba64", root / CELEBA_DIR, celeba_transform, 3, seed, test_fraction, max_images, _celeba_hint(root)
+        "celeba64", root / CELEBA_DIR, celeba_transform, 3, seed, test_fraction, max_images, celeba_hint(root)
     )
     prepared.split["note"] = f"no {root / CELEBA_PARTITION}: a seeded random split, not CelebA's partition"
     return prepared
 
 
 # --- LSUN bedroom --------------------------------------------------------------------------------
-
-def _lsun_hint(root: Path) -> str:
-    return (f"LSUN has no stable download with a published checksum (the official tool, {LSUN_TOOLS_URL}: "
-            f"`python download.py -c bedroom`, fetches bedroom_train_lmdb.zip and bedroom_val_lmdb.zip from "
-            f"a server that is often unavailable), so data.download does not fetch it: download and unzip "
-            f"them into {root} (giving {root / LSUN_BEDROOM_LMDB}/data.mdb and "
-            f"{root / LSUN_BEDROOM_VAL_LMDB}/data.mdb), or put exported image files under "
-            f"{root / LSUN_BEDROOM_DIR}/.")
-
 
 def _key_range(keys: list[str]) -> dict[str, object]:
     return {"first": keys[0], "last": keys[-1], "count": len(keys)}
@@ -382,21 +355,10 @@ def build_lsun_bedroom256(
     if (root / LSUN_BEDROOM_LMDB / "data.mdb").is_file():
         return _lsun_from_lmdb(root, seed, test_fraction, max_images)
     return _folder_dataset("lsun-bedroom256", root / LSUN_BEDROOM_DIR, lsun_transform, 3,
-                           seed, test_fraction, max_images, _lsun_hint(root))
+                           seed, test_fraction, max_images, lsun_hint(root))
 
 
 # --- FFHQ 64 -------------------------------------------------------------------------------------
-
-FFHQ64_DIR = "ffhq-64x64"
-FFHQ_URL = "https://github.com/NVlabs/ffhq-dataset"
-
-
-def _ffhq_hint(root: Path) -> str:
-    return (f"FFHQ is distributed through Google Drive after agreeing to its terms ({FFHQ_URL}), so "
-            f"data.download does not fetch it. Put the 64x64 images under {root / FFHQ64_DIR}/ (e.g. the "
-            f"unzipped ffhq-64x64.zip of EDM's `dataset_tool.py --resolution=64x64`, or any square FFHQ "
-            f"images, which are resized to 64 as that tool does).")
-
 
 def ffhq_transform(img: Image.Image, size: int = 64) -> Image.Image:
     """EDM's dataset_tool `--resolution=64x64` on FFHQ's square images: unchanged at size x size, else
@@ -419,31 +381,22 @@ def build_ffhq64(
     """
     root = Path(root)
     return _folder_dataset("ffhq64", root / FFHQ64_DIR, ffhq_transform, 3, seed, test_fraction, max_images,
-                           _ffhq_hint(root))
+                           ffhq_hint(root))
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------
-
-def _cifar10_missing(folder: Path) -> list[str]:
-    return [name for name in CIFAR10_TRAIN + CIFAR10_TEST if not (folder / name).is_file()]
-
-
-def _cifar10_hint(root: Path) -> str:
-    return (f"Download {CIFAR10_URL} (md5 {CIFAR10_MD5}) and extract it into {root} (it unpacks to "
-            f"{CIFAR10_DIR}/), or set data.download: true on a machine that is online.")
-
 
 def _install_cifar10(archive: Path, root: Path) -> None:
     """Extract the verified archive into a hidden folder in root, then rename its batches folder
     into place: <root>/cifar-10-batches-py appears complete or not at all."""
     folder = root / CIFAR10_DIR
     if folder.exists() and any(folder.iterdir()):
-        raise DataError(f"cifar10: {folder} exists but lacks {', '.join(_cifar10_missing(folder))}; "
+        raise DataError(f"cifar10: {folder} exists but lacks {', '.join(cifar10_missing(folder))}; "
                         f"remove it so that {archive} can be extracted there")
     staging = Path(tempfile.mkdtemp(prefix=f".{CIFAR10_DIR}.tmp-", dir=root))
     try:
         safe_extract_tar(archive, staging)
-        missing = _cifar10_missing(staging / CIFAR10_DIR)
+        missing = cifar10_missing(staging / CIFAR10_DIR)
         if missing:
             raise DataError(f"{archive}: holds no {CIFAR10_DIR}/{missing[0]}; not the CIFAR-10 python archive")
         os.replace(staging / CIFAR10_DIR, folder)  # onto an absent or empty folder: atomic
@@ -473,7 +426,7 @@ def fetch_cifar10(root: str | os.PathLike, *, url: str | None = None, md5: str |
         try:
             download_verified(url, archive, md5, fetch=fetch)
         except DownloadError as err:
-            raise DownloadError(f"cifar10: {err}. {_cifar10_hint(root)}") from err
+            raise DownloadError(f"cifar10: {err}. {cifar10_hint(root)}") from err
     _install_cifar10(archive, root)
     return root / CIFAR10_DIR
 
@@ -503,7 +456,7 @@ def build_cifar10(root: str | os.PathLike, download: bool = False, *, fetch: Fet
     root = Path(root)
     folder = root / CIFAR10_DIR
     check_raw_files("cifar10", root, download=download)
-    if _cifar10_missing(folder):
+    if cifar10_missing(folder):
         fetch_cifar10(root, fetch=fetch)
     arrays, labels = {}, {}
     for split, names in (("train", CIFAR10_TRAIN), ("test", CIFAR10_TEST)):
@@ -519,41 +472,3 @@ def build_cifar10(root: str | os.PathLike, download: bool = False, *, fetch: Fet
         seed=None,
         split={"method": "official", "train": list(CIFAR10_TRAIN), "test": list(CIFAR10_TEST)},
     )
-
-
-# --- before any run: are the raw files there? ---------------------------------------------------
-
-def _missing_cifar10(root: Path, download: bool) -> str | None:
-    missing = _cifar10_missing(root / CIFAR10_DIR)
-    if missing and not (download or (root / CIFAR10_ARCHIVE).is_file()):
-        return f"cifar10: missing {', '.join(missing)} in {root / CIFAR10_DIR}. {_cifar10_hint(root)}"
-    return None
-
-
-def _missing_folder(name: str, folder: Path, hint: str) -> str | None:
-    return None if folder.is_dir() else f"{name}: image folder {folder} not found. {hint}"
-
-
-def _missing_lsun(root: Path) -> str | None:
-    if (root / LSUN_BEDROOM_LMDB / "data.mdb").is_file() or (root / LSUN_BEDROOM_DIR).is_dir():
-        return None
-    return (f"lsun-bedroom256: neither {root / LSUN_BEDROOM_LMDB}/data.mdb nor {root / LSUN_BEDROOM_DIR}/ "
-            f"exists. {_lsun_hint(root)}")
-
-
-def check_raw_files(name: str, root: str | os.PathLike, *, download: bool = False) -> None:
-    """MissingFilesError, saying what to get and where to put it, when <root> lacks the raw files that
-    the builder of data set `name` reads (a cheap look, made before a pipeline run starts and by the
-    builders themselves). CIFAR-10 passes when its archive is there or `download` will fetch it; data
-    sets made without raw files (digits, the toys) always pass."""
-    root = Path(root)
-    checks = {
-        "cifar10": lambda: _missing_cifar10(root, download),
-        "celeba64": lambda: _missing_folder("celeba64", root / CELEBA_DIR, _celeba_hint(root)),
-        "lsun-bedroom256": lambda: _missing_lsun(root),
-        "ffhq64": lambda: _missing_folder("ffhq64", root / FFHQ64_DIR, _ffhq_hint(root)),
-        "folder": lambda: _missing_folder("folder", root, "Set data.root to a folder of image files."),
-    }
-    problem = checks[name]() if name in checks else None
-    if problem is not None:
-        raise MissingFilesError(problem)

@@ -33,25 +33,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+# Defined without torch, so that the command line can check and catch them before it imports torch.
+from pfgm.datafiles import MANIFEST, ChecksumError, DataError, MissingFilesError
+
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 SPLITS = ("train", "test")
 #: Levels of 8-bit images, and of any image manifest written before levels were recorded.
 EIGHT_BIT_LEVELS = 256
 
 Kind = Literal["image", "points"]
-
-
-class DataError(ValueError):
-    """Raw or prepared data that cannot be used; the message names the file or folder."""
-
-
-class MissingFilesError(DataError, FileNotFoundError):
-    """Raw files that are not on disk; the message says what to put where."""
-
-
-class ChecksumError(DataError):
-    """A prepared file whose sha256 differs from the one in its manifest."""
 
 
 @dataclasses.dataclass

@@ -45,7 +45,8 @@ Network = Callable[[Tensor, Tensor], Tensor]
 
 SIGMA_DATA = 0.5
 
-#: The backbones EDMPrecond can wrap, by EDM's `model_type` name (a literal table: no lookup in globals()).
+#: The backbones EDMPrecond can wrap, by EDM's `model_type` name (a literal table: no lookup in globals());
+#: their names and arguments, for validation without torch: pfgm.names.BACKBONE_ARGUMENTS.
 MODEL_TYPES: dict[str, type[nn.Module]] = {"SongUNet": SongUNet}
 
 # The arguments EDMPrecond fills in itself from its own (image shape, labels).

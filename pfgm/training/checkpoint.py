@@ -31,6 +31,7 @@ from pfgm.networks.ncsnv2 import NCSNv2Small
 from pfgm.training.state import TrainConfig, TrainState, create_state
 
 FORMAT, VERSION = "pfgm-checkpoint", 1
+#: The networks by name (their names and arguments, for validation without torch: pfgm.names).
 NETWORKS: dict[str, type[nn.Module]] = {"DDPMpp": DDPMpp, "EDMPrecond": EDMPrecond, "FieldConvNet": FieldConvNet,
                                         "FieldMLP": FieldMLP, "NCSNv2Small": NCSNv2Small}
 _NAME = re.compile(r"checkpoint_(\d+)\.pt")
