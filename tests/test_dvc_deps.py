@@ -81,3 +81,12 @@ def test_a_stage_depends_on_every_module_its_command_imports(stage):
     assert all(f"{module.replace('.', '/')}.py" in imported for module in modules)
     missing = [path for path in imported if not _covered(path, STAGES[stage]["deps"])]
     assert not missing, f"dvc.yaml stage {stage} imports {missing} but does not list them in deps"
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_a_stage_lists_no_flows_module_its_command_does_not_import(stage):
+    # A stale dep re-runs the stage (training, on the train stage's deps) whenever that unrelated code changes.
+    imported = _imported_project_files(_modules(STAGES[stage]["cmd"]))
+    listed = [dep for dep in STAGES[stage]["deps"] if dep.startswith("flows/")]
+    stale = [dep for dep in listed if dep not in imported]
+    assert not stale, f"dvc.yaml stage {stage} lists {stale} in deps, but its command does not import them"
