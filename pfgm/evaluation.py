@@ -5,8 +5,10 @@ the metrics such an evaluation produces (`expected_metrics`), turns the per-prob
 points into bits/dim or nats per point with their standard errors and the histogram baseline
 (`image_bpd_metrics`, `points_nll_metrics`; docs/LIKELIHOOD.md), scores the two reference FIDs a trained
 model should sit between (`reference_metrics`: the data's own, an untrained network's), and refuses a
-set of metrics holding NaN or infinity (`require_finite`). Settings arrive as plain values or as the
-small `LikelihoodSettings`; the caller reads its configuration and passes what it holds.
+set of metrics holding NaN or infinity (`require_finite`). `draw_sets` draws and scores one sample set
+per seed through the caller's `draw` and `score` (which may be tracked tasks), keeping one set in memory.
+Settings arrive as plain values or as the small `LikelihoodSettings`; the caller reads its configuration
+and passes what it holds.
 """
 from __future__ import annotations
 
