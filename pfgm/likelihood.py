@@ -10,10 +10,11 @@ works (the torchdiffeq methods, euler and heun in z; not dpmpp_2m, which steps x
 
 Traces. tr J = sum_i e_i^T J e_i: the exact trace takes the N basis vectors, Hutchinson's estimator
 K Rademacher probes v (E[v^T J v] = tr J). Each vector costs a vector-Jacobian product, so the exact
-trace costs about N / K times the probes' (the 8x8 digits: 64 products per network evaluation, taken
-in one pass over 64 copies of every point, `drift_and_exact_trace`). Probes are drawn once and
-kept along the path, and the integral is carried per probe, so the spread over probes is measured
-(`log_likelihood_per_probe`).
+trace costs about N / K times the probes' (the 8x8 digits: 64 products per network evaluation).
+`drift_and_exact_trace` takes them as N backward passes over the batch after one forward pass, or,
+for batches of a few points, where the passes' fixed cost dominates, in one pass over N copies of
+every point. Probes are drawn once and kept along the path, and the integral is carried per probe,
+so the spread over probes is measured (`log_likelihood_per_probe`).
 
 Quantisation (images). A data set records its levels L (pfgm.data.levels_of): level k in 0..L-1 is
 stored as the uint8 value rint(k * 255 / (L - 1)) (pfgm.data.uint8_levels), read back by
@@ -58,32 +59,52 @@ def _rademacher(shape: tuple[int, ...], like: Tensor, generator: torch.Generator
     return 2.0 * bits - 1.0
 
 
-#: Rows of one forward/backward pass of the exact trace: points x their N copies (module docstring).
-EXACT_TRACE_ROWS = 8192
+#: Batches of at most this many points take the exact trace over N copies of every point, larger ones by N
+#: backward passes: benchmarks/likelihood_trace.py, 8x8 digits, 2 CPU threads, copies against passes 2.9x as
+#: fast at 1 point, 1.5x at 5, 0.86x at 20, 0.29x at 100 (the per-pass overhead stops mattering).
+EXACT_TRACE_COPIES_MAX_POINTS = 8
 
 
-def drift_and_exact_trace(drift: Callable[[Tensor], Tensor], x: Tensor, *,
-                          max_rows: int = EXACT_TRACE_ROWS) -> tuple[Tensor, Tensor]:
-    """The drift at points x (B, N) and the exact trace of its Jacobian there: (B, N) and (B,).
+def exact_trace_by_backward_passes(drift: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """The drift at points x (B, N) and the exact trace of its Jacobian: one forward pass, then N
+    vector-Jacobian products over the batch. Pulling e_i back through the drift of all B points gives row
+    i of every point's Jacobian (the points do not interact), of which entry i is kept. (B, N) and (B,).
+    """
+    dims = x.shape[1]
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        values = drift(x)
+        trace = x.new_zeros(len(x))
+        for i in range(dims):
+            row = torch.autograd.grad(values[:, i].sum(), x, retain_graph=i < dims - 1)[0]
+            trace = trace + row[:, i]
+    return values.detach(), trace
 
-    Every point is repeated N times and copy i is pulled back along the basis vector e_i, so one
-    forward and one backward pass over B N rows give every Jacobian's diagonal (the points do not
-    interact). It is not faster than N separate backward passes on a lightly loaded CPU: 1.0x at 20 digits,
-    0.4x at 100 (benchmarks/likelihood_trace.py); it only won (16x) on a machine loaded 4 times over,
-    where N small passes suffer most. Points are taken in chunks of at most `max_rows` rows.
+
+def exact_trace_over_copies(drift: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """The drift at points x (B, N) and the exact trace of its Jacobian: every point repeated N times and
+    copy i pulled back along e_i, one forward and one backward pass over B N rows. (B, N) and (B,).
     """
     points, dims = x.shape
-    basis = torch.eye(dims, dtype=x.dtype, device=x.device)
-    drifts, traces = [], []
-    for chunk in torch.split(x, max(1, max_rows // dims)):
-        copies = chunk.detach().repeat_interleave(dims, dim=0).requires_grad_(True)
-        tangents = basis.repeat(len(chunk), 1)
-        with torch.enable_grad():
-            values = drift(copies)
-            rows = torch.autograd.grad(values, copies, grad_outputs=tangents)[0]
-        traces.append((rows * tangents).sum(dim=1).view(len(chunk), dims).sum(dim=1))
-        drifts.append(values.detach().view(len(chunk), dims, dims)[:, 0])
-    return torch.cat(drifts), torch.cat(traces)
+    copies = x.detach().repeat_interleave(dims, dim=0).requires_grad_(True)
+    tangents = torch.eye(dims, dtype=x.dtype, device=x.device).repeat(points, 1)
+    with torch.enable_grad():
+        values = drift(copies)
+        rows = torch.autograd.grad(values, copies, grad_outputs=tangents)[0]
+    trace = (rows * tangents).sum(dim=1).view(points, dims).sum(dim=1)
+    return values.detach().view(points, dims, dims)[:, 0], trace
+
+
+def drift_and_exact_trace(drift: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """The drift at points x (B, N) and the exact trace of its Jacobian there: (B, N) and (B,).
+
+    By N backward passes (`exact_trace_by_backward_passes`), or over N copies of every point
+    (`exact_trace_over_copies`) for batches of at most EXACT_TRACE_COPIES_MAX_POINTS points, where
+    the one pass measured faster.
+    """
+    if len(x) <= EXACT_TRACE_COPIES_MAX_POINTS:
+        return exact_trace_over_copies(drift, x)
+    return exact_trace_by_backward_passes(drift, x)
 
 
 def hutchinson_traces(drift: Tensor, x: Tensor, probes: Tensor) -> Tensor:
@@ -304,11 +325,13 @@ def probe_standard_error(per_probe: Tensor) -> float:
 
 
 __all__ = [
+    "EXACT_TRACE_COPIES_MAX_POINTS",
     "EXACT_TRACE_MAX_DIMS",
-    "EXACT_TRACE_ROWS",
     "bits_per_dim",
     "dequantize",
     "drift_and_exact_trace",
+    "exact_trace_by_backward_passes",
+    "exact_trace_over_copies",
     "histogram_bits_per_dim",
     "hutchinson_traces",
     "image_levels",

@@ -154,7 +154,8 @@ def test_evaluate_points_logs_nll_and_no_fid(prefect_test_env, tracking, tmp_pat
 
 
 def test_non_finite_metric_fails_the_run_and_registers_nothing(prefect_test_env, tracking, digits, tmp_path):
-    from flows.evaluate import NonFiniteMetricError, evaluate
+    from flows.evaluate import evaluate
+    from pfgm.evaluation import NonFiniteMetricError
 
     model_path = make_checkpoint(tmp_path / "model.pt", nan=True)
     params = small_params(tmp_path, num_samples=64, batch_size=64, model_name="evaluate-nan")

@@ -10,7 +10,8 @@ import torch
 from helpers import exact_model
 from pfgm import pfgmpp
 from pfgm.data import uint8_levels
-from pfgm.likelihood import (bits_per_dim, dequantize, drift_and_exact_trace, histogram_bits_per_dim,
+from pfgm.likelihood import (EXACT_TRACE_COPIES_MAX_POINTS, bits_per_dim, dequantize, drift_and_exact_trace,
+                             exact_trace_by_backward_passes, exact_trace_over_copies, histogram_bits_per_dim,
                              image_levels, log_likelihood, log_likelihood_per_probe, mean_and_standard_error,
                              pfgmpp_log_likelihood_per_probe, probe_standard_error)
 from pfgm.ode import encode
@@ -132,18 +133,34 @@ def test_hutchinson_probes_agree_with_the_exact_trace_within_their_standard_erro
     assert ((per_probe.mean(dim=1) - exact).abs() < 4 * per_point_error).all()
 
 
-def test_exact_trace_is_the_analytic_divergence_of_a_coupled_drift():
+@pytest.mark.parametrize("trace", [exact_trace_by_backward_passes, exact_trace_over_copies, drift_and_exact_trace])
+@pytest.mark.parametrize("points", [1, EXACT_TRACE_COPIES_MAX_POINTS, EXACT_TRACE_COPIES_MAX_POINTS + 1])
+def test_exact_trace_is_the_analytic_divergence_of_a_coupled_drift(trace, points):
     # f(x) = tanh(x A) couples every coordinate; its Jacobian's diagonal is (1 - tanh^2(x A))_i A_ii,
-    # so tr J = sum_i (1 - f_i^2) A_ii. Small chunks (max_rows) must give the same as one pass.
+    # so tr J = sum_i (1 - f_i^2) A_ii. Both methods, and the choice between them on either side of
+    # the batch size where it switches, give it for every point, leaving no graph behind.
     generator = torch.Generator().manual_seed(3)
     A = torch.randn(6, 6, generator=generator, dtype=torch.float64)
-    x = torch.randn(5, 6, generator=generator, dtype=torch.float64)
+    x = torch.randn(points, 6, generator=generator, dtype=torch.float64)
     expected = ((1 - torch.tanh(x @ A).square()) * torch.diagonal(A)).sum(dim=1)
-    for max_rows in (8192, 6, 1):
-        drift, trace = drift_and_exact_trace(lambda points: torch.tanh(points @ A), x, max_rows=max_rows)
-        assert torch.allclose(drift, torch.tanh(x @ A), rtol=0, atol=1e-15)
-        assert torch.allclose(trace, expected, rtol=1e-12, atol=0)
+    drift, traces = trace(lambda flat: torch.tanh(flat @ A), x)
+    assert torch.allclose(drift, torch.tanh(x @ A), rtol=0, atol=1e-15)
+    assert torch.allclose(traces, expected, rtol=1e-12, atol=0)
+    assert not x.requires_grad and not drift.requires_grad and not traces.requires_grad
     assert not torch.allclose(expected, (1 - torch.tanh(x @ A).square()).sum(dim=1) * A.mean())  # not a trivial case
+
+
+def test_exact_trace_takes_copies_for_small_batches_and_backward_passes_beyond():
+    rows = []
+
+    def drift(flat: torch.Tensor) -> torch.Tensor:
+        rows.append(len(flat))
+        return flat.square()
+
+    for points in (1, EXACT_TRACE_COPIES_MAX_POINTS, EXACT_TRACE_COPIES_MAX_POINTS + 1):
+        x = torch.ones(points, 3, dtype=torch.float64)
+        assert drift_and_exact_trace(drift, x)[1].tolist() == [6.0] * points  # d(x^2)/dx = 2x, three of them
+    assert rows == [3, 3 * EXACT_TRACE_COPIES_MAX_POINTS, EXACT_TRACE_COPIES_MAX_POINTS + 1]
 
 
 @pytest.mark.parametrize("levels", [2, 17, 256])

@@ -1,23 +1,18 @@
-"""The levels a prepared data set records, and flows.evaluate's likelihood task and settings."""
+"""The levels a prepared data set records, and flows.evaluate's checks of the likelihood settings.
+
+The likelihood metrics themselves are tested with pfgm.evaluation (tests/test_evaluation.py)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from pydantic import ValidationError
 
-from flows.evaluate import check_likelihood, expected_metrics, likelihood_metrics
+from flows.evaluate import check_likelihood
 from flows.params import EvaluateParams, ParamsError
-from pfgm.sampling import SamplerSettings, load_trained
-from helpers import make_checkpoint
 from pfgm import data as pdata
-from pfgm.likelihood import (bits_per_dim, dequantize, histogram_bits_per_dim, log_likelihood,
-                             pfgmpp_log_likelihood_per_probe)
-from pfgm.networks.edm import as_denoiser
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -26,13 +21,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def digits(plain_digits) -> Path:
     """The real digits, prepared without the FID classifier (the likelihood needs none)."""
     return plain_digits
-
-
-@pytest.fixture(scope="module")
-def model(digits, tmp_path_factory):
-    """A tiny untrained FieldMLP checkpoint of the digits' shape, loaded as the evaluate flow does."""
-    data = pdata.load_split(digits, "train")
-    return load_trained(make_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", data=data))
 
 
 def _images(levels: int | None, values: list[int]) -> pdata.Prepared:
@@ -75,35 +63,6 @@ def _params(tmp_path: Path, **overrides) -> EvaluateParams:
     return EvaluateParams(**{**values, **overrides})
 
 
-def test_bits_per_dim_at_the_data_levels_with_errors_and_the_baseline(model, digits, tmp_path):
-    params = _params(tmp_path)
-    sampler = SamplerSettings(z_min=params.z_min)
-    metrics = likelihood_metrics.fn(model, kind="image", levels=17, data_dir=str(digits), params=params,
-                                    sampler=sampler)
-    assert set(metrics) == {"bpd", "bpd_se", "bpd_baseline"}
-    assert set(metrics) <= set(expected_metrics(params, "image", None, "pfgm"))
-    # Recomputed from the library: the first 6 test images, dequantised at 17 levels with evaluate.seed.
-    images = pdata.unit_to_images(pdata.load_split(digits, "test")[:6])
-    x = dequantize(images, levels=17, generator=torch.Generator().manual_seed(params.seed))
-    log_p = log_likelihood(model.net, x, z_min=params.bpd_z_min, z_max=float(model.hyperparameters["z_max"]),
-                           method="rk4", steps=4)
-    per_image = bits_per_dim(log_p.double(), 64, levels=17)
-    assert metrics["bpd"] == pytest.approx(per_image.mean().item(), rel=1e-6)
-    assert metrics["bpd_se"] == pytest.approx(per_image.std().item() / math.sqrt(6), rel=1e-5)
-    train = pdata.unit_to_images(pdata.load_split(digits, "train"))
-    assert metrics["bpd_baseline"] == histogram_bits_per_dim(train, images, levels=17).mean().item()
-    assert 0 < metrics["bpd_baseline"] < math.log2(17)  # better than uniform: the digits have structure
-
-
-def test_probes_add_their_own_standard_error(model, digits, tmp_path):
-    params = _params(tmp_path, hutchinson=3)
-    metrics = likelihood_metrics.fn(model, kind="image", levels=17, data_dir=str(digits), params=params,
-                                    sampler=SamplerSettings(z_min=params.z_min))
-    assert set(metrics) == {"bpd", "bpd_se", "bpd_probe_se", "bpd_baseline"}
-    assert set(metrics) <= set(expected_metrics(params, "image", None, "pfgm"))
-    assert all(math.isfinite(value) for value in metrics.values()) and metrics["bpd_probe_se"] > 0
-
-
 def test_likelihood_settings_are_checked_by_key(tmp_path):
     digits = {"name": "digits", "shape": [1, 8, 8]}
     check_likelihood(_params(tmp_path), digits)
@@ -115,19 +74,3 @@ def test_likelihood_settings_are_checked_by_key(tmp_path):
     check_likelihood(_params(tmp_path, bpd_images=0), {"name": "cifar10", "shape": [3, 32, 32]})
     with pytest.raises(ValidationError, match="one image has no standard error"):
         _params(tmp_path, bpd_images=1)
-
-
-def test_pfgmpp_models_get_bits_per_dim_through_their_denoiser(digits, tmp_path):
-    # The same protocol (levels, baseline, errors); the density comes from the denoiser's ODE from
-    # bpd_sigma_min, recomputed here from the library.
-    data = pdata.load_split(digits, "train")[:256]
-    pfgmpp_model = load_trained(make_checkpoint(tmp_path / "pfgmpp.pt", data=data, steps=2, objective="pfgmpp"))
-    params = _params(tmp_path, bpd_sigma_min=0.01)
-    metrics = likelihood_metrics.fn(pfgmpp_model, kind="image", levels=17, data_dir=str(digits), params=params,
-                                    sampler=SamplerSettings(z_min=params.z_min))
-    assert set(metrics) == {"bpd", "bpd_se", "bpd_baseline"}
-    images = pdata.unit_to_images(pdata.load_split(digits, "test")[:6])
-    x = dequantize(images, levels=17, generator=torch.Generator().manual_seed(params.seed))
-    log_p = pfgmpp_log_likelihood_per_probe(as_denoiser(pfgmpp_model.net), x, D=4, sigma_min=0.01, method="rk4",
-                                            steps=4)[:, 0]
-    assert metrics["bpd"] == pytest.approx(bits_per_dim(log_p.double(), 64, levels=17).mean().item(), rel=1e-6)
