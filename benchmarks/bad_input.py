@@ -31,6 +31,7 @@ CASES = {
     "cli: raw files missing (cifar10)": (["-m", "flows.cli", "bad.yaml"], ("data", "name", "cifar10")),
     "prepare: bad fraction": (["-m", "flows", "prepare", "--params", "bad.yaml"], ("data", "test_fraction", 1.5)),
     "train: data not prepared": (["-m", "flows", "train", "--params", "bad.yaml"], ("data", "out", "nowhere")),
+    "train: missing GPU": (["-m", "flows", "train", "--params", "bad.yaml"], ("train", "device", "cuda:7")),
     "evaluate: unknown solver": (["-m", "flows", "evaluate", "--params", "bad.yaml"], ("evaluate", "method", "rk45")),
     "report: model missing": (["-m", "flows", "report", "--params", "bad.yaml"], ("train", "out", "nowhere")),
 }

@@ -10,7 +10,9 @@ checks before the stage imports them): torch only when a cuda or mps device must
 """
 from __future__ import annotations
 
+import ctypes
 import re
+import sys
 from pathlib import Path
 
 from flows.params import (DataParams, EvaluateParams, Params, ParamsError, ReportParams, SweepParams,
@@ -30,6 +32,8 @@ def check_device(key: str, spec: str) -> None:
         return
     if not _MACHINE_DEVICE.fullmatch(spec):
         raise ParamsError(f"{key}: {spec!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if spec.startswith("cuda") and no_cuda_driver():
+        raise ParamsError(f"{key}: {spec} asked for, but this machine has no CUDA device; use auto or cpu")
     import torch  # only now: asking the machine for its devices needs it, and importing it takes seconds
 
     device = torch.device(spec)
@@ -43,6 +47,19 @@ def check_device(key: str, spec: str) -> None:
                               f"cuda:0 to cuda:{count - 1}; use one of them or auto")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ParamsError(f"{key}: mps asked for, but it is not available here; use auto or cpu")
+
+
+def no_cuda_driver() -> bool:
+    """True on Linux when the NVIDIA driver's library (libcuda.so.1) cannot be loaded: torch then sees no CUDA
+    device either, and saying so this way takes milliseconds instead of a torch import. Loading the library
+    starts nothing (no cuInit), so a later fork is unaffected. False elsewhere: there torch is asked."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return True
+    return False
 
 
 def check_devices(params: Params) -> None:

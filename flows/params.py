@@ -327,7 +327,7 @@ class EvaluateParams(SamplerSettings):
     thousands, and RK4 at 50, 100 and 200 steps disagree; without it RK4 and RK45 agree to 0.01."""
     hutchinson: int | None = Field(None, ge=1)
     """Rademacher probes per image for the likelihood trace; null: the exact trace (N vector-Jacobian
-    products per network evaluation in one pass over N copies of each image, allowed up to
+    products per network evaluation (pfgm.likelihood.drift_and_exact_trace), allowed up to
     pfgm.likelihood.EXACT_TRACE_MAX_DIMS = 256 dimensions: the digits; larger images need probes). With 2+ probes bpd_probe_se is their share of bpd_se."""
     register_model: bool = True
     model_name: str = "pfgm-digits"

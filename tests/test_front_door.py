@@ -48,3 +48,18 @@ def test_a_failed_check_stops_before_the_stage_is_imported(monkeypatch, tmp_path
                                                                  f"out: {tmp_path / 'nothing'}", 1))
     with pytest.raises(FileNotFoundError, match="data.out: no prepared data"):
         front_door.main(["train", "--params", str(params)])
+
+
+def test_a_missing_gpu_is_refused_without_torch_where_there_is_no_driver():
+    from flows.checks import no_cuda_driver
+
+    if not no_cuda_driver():
+        pytest.skip("this machine has an NVIDIA driver: torch is asked for the devices")
+    code = ("import sys\nfrom flows.checks import check_device\nfrom flows.params import ParamsError\n"
+            "try:\n    check_device('train.device', 'cuda:7')\nexcept ParamsError as error:\n    print(error)\n"
+            "print('torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120, check=True)
+    assert run.stdout.splitlines() == ["train.device: cuda:7 asked for, but this machine has no CUDA device; "
+                                       "use auto or cpu", "False"]
+
