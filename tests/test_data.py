@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from pfgm import data as pdata
+from pfgm import datafiles
 from pfgm.data import features, images, store, toys
 from raw_files import (
     CELEBA_COLORS,
@@ -380,7 +381,7 @@ def test_celeba_missing_says_where_to_get_it(tmp_path):
     with pytest.raises(pdata.MissingFilesError) as info:
         pdata.build_celeba64(tmp_path / "raw", seed=0, test_fraction=0.5)
     message = str(info.value)
-    assert "no stable unauthenticated download" in message and images.CELEBA_URL in message
+    assert "no stable unauthenticated download" in message and datafiles.CELEBA_URL in message
     assert str(tmp_path / "raw" / "img_align_celeba") in message and "list_eval_partition.txt" in message
 
 
@@ -451,5 +452,5 @@ def test_lsun_missing_says_where_to_get_it(tmp_path):
     with pytest.raises(pdata.MissingFilesError) as info:
         pdata.build_lsun_bedroom256(tmp_path / "raw", seed=0, test_fraction=0.5)
     message = str(info.value)
-    assert images.LSUN_TOOLS_URL in message and "data.download does not fetch it" in message
+    assert datafiles.LSUN_TOOLS_URL in message and "data.download does not fetch it" in message
     assert str(tmp_path / "raw" / "bedroom_train_lmdb") in message and "bedroom_val_lmdb" in message
