@@ -15,10 +15,12 @@ from flows.params import EvaluateParams, ParamsError, SweepParams
 from flows.tracking import resolve_device
 from pfgm import metrics as pmetrics
 
+from pfgm.sampling import SamplerSettings
+
 if TYPE_CHECKING:
     from pfgm.sampling import TrainedModel
 
-__all__ = ["MODEL_FILE", "check_model_fits", "fid_scorer", "resolve_features", "torch_threads"]
+__all__ = ["MODEL_FILE", "check_model_fits", "fid_scorer", "resolve_features", "sampler_settings", "torch_threads"]
 
 
 def check_model_fits(model: TrainedModel, path: str, *, z_min: float, section: str, manifest: dict[str, Any],
@@ -76,3 +78,10 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def sampler_settings(section: Any) -> SamplerSettings:
+    """The library's sampler setting from a section that carries the sampler keys (evaluate, report): the keys
+    have the library's names, so they are taken as they are."""
+    return SamplerSettings(**section.model_dump(include=set(SamplerSettings.__dataclass_fields__)))
+

@@ -12,6 +12,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from prefect import get_run_logger
 
+from flows.common import sampler_settings
 from flows.params import EvaluateParams
 from flows.registry import register
 from pfgm import data as pdata
@@ -36,9 +37,7 @@ class Plan:
 def plan_of(params: EvaluateParams, manifest: dict[str, Any], features: str | None) -> Plan:
     """The evaluate section unpacked into the settings the library takes, and the metrics it will produce."""
     seeds = peval.sample_seeds(params.seeds, params.seed)
-    sampler = SamplerSettings(method=params.method, rtol=params.rtol, atol=params.atol, steps=params.steps,
-                              schedule=params.schedule, rho=params.rho, z_min=params.z_min, z_exp=params.z_exp,
-                              clip_prior=params.clip_prior)
+    sampler = sampler_settings(params)
     likelihood = peval.LikelihoodSettings(
         method=params.bpd_method, steps=params.bpd_steps, rtol=params.rtol, atol=params.atol,
         hutchinson=params.hutchinson, z_min=peval.likelihood_z_min(params.bpd_z_min, params.z_min),

@@ -12,11 +12,12 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.common import sampler_settings
 from flows.params import ReportParams
 from pfgm import data as pdata
 from pfgm import diagnostics, latent, tables, viz
 from pfgm.published import PublishedResult
-from pfgm.sampling import SamplerSettings, TrainedModel, generate
+from pfgm.sampling import TrainedModel, generate
 
 #: Test images tried per image wanted for interpolation.png before giving up on the picture.
 ENCODE_ATTEMPTS = 5
@@ -38,11 +39,6 @@ class Inputs:
     table_data: str
 
 
-def settings_of(params: ReportParams) -> SamplerSettings:
-    """The report section's sampler setting (every picture's solver and prior)."""
-    return SamplerSettings(**params.model_dump(include=set(SamplerSettings.__dataclass_fields__)))
-
-
 def _background(data_dir: str, generator: torch.Generator) -> torch.Tensor:
     train = pdata.load_split(data_dir, "train")
     return train[torch.randperm(len(train), generator=generator)[:BACKGROUND_POINTS]]
@@ -52,7 +48,7 @@ def _background(data_dir: str, generator: torch.Generator) -> torch.Tensor:
 def draw_samples(params: ReportParams, inputs: Inputs, data_dir: str, folder: Path) -> Path:
     """samples.png: num_samples samples with the report's solver (a scatter plot for 2D points)."""
     generator = torch.Generator().manual_seed(params.seed)
-    x = generate(inputs.model, params.num_samples, settings_of(params), batch_size=params.num_samples,
+    x = generate(inputs.model, params.num_samples, sampler_settings(params), batch_size=params.num_samples,
                  generator=generator).x
     title = f"{tables.model_label(inputs.model)}, {params.method}"
     if inputs.kind == "points":
@@ -63,7 +59,7 @@ def draw_samples(params: ReportParams, inputs: Inputs, data_dir: str, folder: Pa
 @task(cache_policy=NO_CACHE)
 def draw_interpolation(params: ReportParams, inputs: Inputs, data_dir: str, folder: Path) -> dict[str, float]:
     """interpolation.png: rows [image A, decoded path..., image B]; returns its NFE and skipped images."""
-    encoded = latent.encode_images(inputs.model, pdata.load_split(data_dir, "test"), settings_of(params),
+    encoded = latent.encode_images(inputs.model, pdata.load_split(data_dir, "test"), sampler_settings(params),
                                    wanted=2 * params.interpolation_pairs, attempts=ENCODE_ATTEMPTS,
                                    generator=torch.Generator().manual_seed(params.seed))
     pairs, skipped, nfe = len(encoded.images) // 2, encoded.skipped, encoded.nfe
@@ -73,7 +69,7 @@ def draw_interpolation(params: ReportParams, inputs: Inputs, data_dir: str, fold
         get_run_logger().warning("interpolation.png has %d of %d pairs: the forward flow of %d test images "
                                  "diverged", pairs, params.interpolation_pairs, skipped)
     if pairs > 0:
-        path = latent.interpolate_encoded(inputs.model, encoded, settings_of(params),
+        path = latent.interpolate_encoded(inputs.model, encoded, sampler_settings(params),
                                           num_points=params.interpolation_points)
         viz.save_interpolation(encoded.images[:pairs], encoded.images[pairs: 2 * pairs], path.x, path.weights,
                                folder / "interpolation.png", skipped=skipped)
@@ -85,7 +81,7 @@ def draw_interpolation(params: ReportParams, inputs: Inputs, data_dir: str, fold
 @task(cache_policy=NO_CACHE)
 def draw_temperature(params: ReportParams, inputs: Inputs, folder: Path) -> int:
     """temperature.png: prior draws (rows) decoded at each temperature (columns); returns the NFE."""
-    out = latent.decode_prior_with_temperature(inputs.model, settings_of(params), params.temperatures,
+    out = latent.decode_prior_with_temperature(inputs.model, sampler_settings(params), params.temperatures,
                                                num_latents=params.temperature_samples,
                                                generator=torch.Generator().manual_seed(params.seed + 1))
     viz.save_temperature(out.x, params.temperatures, folder / "temperature.png")  # other draws than samples.png
@@ -96,7 +92,7 @@ def draw_temperature(params: ReportParams, inputs: Inputs, folder: Path) -> int:
 def draw_flow(params: ReportParams, inputs: Inputs, data_dir: str, folder: Path) -> int:
     """flow.gif, trajectories.png and samples.png (the landed particles) for 2D points; returns the NFE."""
     generator = torch.Generator().manual_seed(params.seed)
-    path = latent.prior_trajectories(inputs.model, settings_of(params), num_points=params.animation_points,
+    path = latent.prior_trajectories(inputs.model, sampler_settings(params), num_points=params.animation_points,
                                      frames=params.animation_frames, generator=generator)
     data, x = _background(data_dir, generator), path.x.cpu()
     viz.save_flow_animation(x, path.z, data, folder / "flow.gif", title=inputs.name)
@@ -125,7 +121,7 @@ def draw_norm_curves(params: ReportParams, inputs: Inputs, data_dir: str, folder
     (median std / mean over heights) as metrics."""
     generator = torch.Generator().manual_seed(params.seed + 2)  # other draws than the other pictures
     train = pdata.load_split(data_dir, "train")[:NORM_TRAINING_ROWS]
-    curves = diagnostics.model_norm_curves(inputs.model, train, settings=settings_of(params),
+    curves = diagnostics.model_norm_curves(inputs.model, train, settings=sampler_settings(params),
                                            num_samples=params.num_samples, generator=generator,
                                            perturbation=perturbation)
     panels = {tables.model_label(inputs.model): curves}
